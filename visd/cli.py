@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "sft": ("visd.sft", "SFT warm-up on reference reasoning (student and teacher views)"),
     "teacher-logits": ("visd.teacher", "cache the EMA teacher's top-K logits of every rollout under its hint"),
     "train": ("visd.train", "train the policy on one phase (visd, grpo, opsd or sft recipe); run under accelerate"),
+    "evaluate": ("visd.eval.stage", "greedy-decode a benchmark with one checkpoint; V-STaR, MCQ and task metrics"),
+    "study": ("visd.study", "convergence study: VISD vs GRPO (vs OPSD) from one checkpoint, several seeds"),
     "check-engines": ("visd.check_engines", "compare hf and vllm logprobs on the same prompts and tokens"),
     "audit": ("visd.audit", "query every table under results/ with DuckDB"),
 }

@@ -144,8 +144,8 @@ class JudgeCache:
 
 
 # --------------------------------------------------------------------------------------------- backends
-def build_llm_judge(cfg: dict, chash_of: Any = config_hash) -> tuple[llm.LLMJudge, dict]:
-    """The LLM judge of ``cfg`` and the config with the resolved model name (for hashing)."""
+def build_batch_chat(cfg: dict) -> tuple[llm.BatchChat, dict]:
+    """The batch chat function of an LLM judge config and the config with the resolved model name."""
     cfg = dict(cfg)
     if cfg["engine"] == "openai":
         from visd.engines.openai import OpenAIClient
@@ -159,19 +159,23 @@ def build_llm_judge(cfg: dict, chash_of: Any = config_hash) -> tuple[llm.LLMJudg
             concurrency=cfg["concurrency"],
         )
         cfg["model"] = client.resolve_model()
-        batch = llm.batch_from_openai(client, temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
-                                      json_mode=cfg["json_mode"])
-    else:
-        if not cfg.get("model"):
-            raise vconfig.ConfigError(f"judge.model must name a model folder for judge.engine={cfg['engine']}")
-        from transformers import AutoTokenizer
+        return llm.batch_from_openai(client, temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
+                                     json_mode=cfg["json_mode"]), cfg
+    if not cfg.get("model"):
+        raise vconfig.ConfigError(f"judge.model must name a model folder for judge.engine={cfg['engine']}")
+    from transformers import AutoTokenizer
 
-        from visd.engines.base import Sampling, get_engine
+    from visd.engines.base import Sampling, get_engine
 
-        engine = get_engine(cfg["engine"], cfg["model"])
-        tok = AutoTokenizer.from_pretrained(cfg["model"])
-        sampling = Sampling(temperature=cfg["temperature"], top_p=1.0, max_new_tokens=cfg["max_tokens"])
-        batch = llm.batch_from_engine(engine, tok, sampling)
+    engine = get_engine(cfg["engine"], cfg["model"])
+    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    sampling = Sampling(temperature=cfg["temperature"], top_p=1.0, max_new_tokens=cfg["max_tokens"])
+    return llm.batch_from_engine(engine, tok, sampling), cfg
+
+
+def build_llm_judge(cfg: dict, chash_of: Any = config_hash) -> tuple[llm.LLMJudge, dict]:
+    """The LLM judge of ``cfg`` and the config with the resolved model name (for hashing)."""
+    batch, cfg = build_batch_chat(cfg)
     judge = llm.LLMJudge(batch, model=str(cfg["model"]), max_attempts=cfg["max_attempts"],
                          judge_config_hash=chash_of(cfg))
     return judge, cfg
