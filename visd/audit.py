@@ -23,7 +23,7 @@ TABLES: dict[str, str] = {
     "judge": "judge/phase-*/shard-*.parquet",
     "teacher": "teacher/phase-*/shard-*.parquet",
     "metrics": "metrics/phase-*.parquet",
-    "eval": "eval/phase-*/*.parquet",
+    "eval": "eval/*/*.parquet",  # eval/start/ (phase -1) and eval/phase-P/
 }
 
 # Columns too heavy to show by default; the view keeps them, `SELECT *` on frames is discouraged.
@@ -64,6 +64,43 @@ QUERIES: dict[str, tuple[str, str]] = {
         "SELECT phase, shard, engine, count(*) AS rollouts, sum(len(completion_ids)) AS tokens, "
         "max(trainer_logprob_gap_max) AS max_gap, avg(trainer_logprob_gap_mean) AS mean_gap "
         "FROM rollouts GROUP BY ALL ORDER BY ALL",
+    ),
+    "eval_scores": (
+        "eval score (task metric, %) per benchmark, phase (-1 = start policy) and task type",
+        "SELECT benchmark, phase, task_type, count(*) AS n, round(100 * avg(score), 1) AS score, "
+        "round(100 * avg(format), 1) AS format FROM eval WHERE variant = 'plain' GROUP BY ALL ORDER BY ALL",
+    ),
+    "eval_item_feedback": (
+        "every eval answer next to the training-time judge's diagnoses of the same sample (null: never trained on)",
+        "WITH fb AS (SELECT sample_id, count(*) AS judged_rollouts, "
+        "round(avg((answer_correctness = 'correct')::INTEGER), 3) AS judged_correct_rate, "
+        "mode(answer_correctness) AS usual_verdict, mode(temporal_relation) AS usual_temporal, "
+        "mode(spatial_grounding) AS usual_spatial, arg_max(feedback, phase) AS last_feedback "
+        "FROM judge GROUP BY sample_id) "
+        "SELECT e.benchmark, e.phase, e.sample_id, e.task_type, e.variant, round(e.score, 3) AS eval_score, "
+        "fb.* EXCLUDE (sample_id) FROM eval e LEFT JOIN fb USING (sample_id) "
+        "ORDER BY e.benchmark, e.sample_id, e.variant, e.phase",
+    ),
+    "eval_video_feedback": (
+        "eval items joined to the training-time judge verdicts on the same video (other questions about it)",
+        "WITH fb AS (SELECT s.video_sha256, count(*) AS judged_rollouts, "
+        "round(avg((j.answer_correctness = 'correct')::INTEGER), 3) AS judged_correct_rate, "
+        "mode(j.temporal_relation) AS usual_temporal, mode(j.spatial_grounding) AS usual_spatial, "
+        "any_value(j.feedback) AS example_feedback "
+        "FROM judge j JOIN samples s USING (sample_id) GROUP BY s.video_sha256) "
+        "SELECT e.benchmark, e.phase, e.sample_id, e.task_type, round(e.score, 3) AS eval_score, "
+        "fb.* EXCLUDE (video_sha256) FROM eval e JOIN samples s USING (sample_id) "
+        "LEFT JOIN fb ON fb.video_sha256 = s.video_sha256 WHERE e.variant = 'plain' "
+        "ORDER BY e.benchmark, e.sample_id, e.phase",
+    ),
+    "eval_progress": (
+        "per eval question: score of the start policy vs the last phase, and the judge's usual verdict in training",
+        "WITH lo AS (SELECT benchmark, sample_id, variant, task_type, arg_min(score, phase) AS first_score, "
+        "arg_max(score, phase) AS last_score, min(phase) AS first_phase, max(phase) AS last_phase "
+        "FROM eval GROUP BY ALL), "
+        "fb AS (SELECT sample_id, mode(answer_correctness) AS usual_verdict FROM judge GROUP BY sample_id) "
+        "SELECT lo.*, round(last_score - first_score, 3) AS change, fb.usual_verdict "
+        "FROM lo LEFT JOIN fb USING (sample_id) ORDER BY change DESC, sample_id",
     ),
     "samples_by_task": (
         "samples per split, source and task type",
