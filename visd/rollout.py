@@ -84,6 +84,16 @@ def build_requests(tokenizer, samples: dict[str, dict], frame_rows: list[dict], 
     return out
 
 
+def phase_prompts(frame_rows: list[dict], limit: int | None, phase: int) -> list[dict]:
+    """The prompts of a phase: all of the shard's, or ``limit`` of them taken in sample-id order from where the
+    previous phase stopped (wrapping around), so successive phases see the whole shard."""
+    rows = sorted(frame_rows, key=lambda r: r["sample_id"])
+    if not limit or limit >= len(rows):
+        return rows
+    start = (phase * limit) % len(rows)
+    return sorted((rows + rows)[start: start + limit], key=lambda r: r["sample_id"])
+
+
 def run(samples_path: str, frames_path: str, policy: str, phase: int, params: dict, out_path: str,
         rejects_path: str | None = None, progress: bool = True) -> dict:
     rcfg = cfgmod.section("rollout", params.get("rollout"))
@@ -91,8 +101,7 @@ def run(samples_path: str, frames_path: str, policy: str, phase: int, params: di
     seed = int(params.get("seed", 0)) * 1000003 + phase
     samples = {r["sample_id"]: r for r in pq.read_table(samples_path).to_pylist()}
     frame_rows = [r for r in pq.read_table(frames_path).to_pylist() if samples[r["sample_id"]]["split"] in rcfg["splits"]]
-    if rcfg["limit"]:
-        frame_rows = sorted(frame_rows, key=lambda r: r["sample_id"])[: rcfg["limit"]]
+    frame_rows = phase_prompts(frame_rows, rcfg["limit"], phase)
     engine = get_engine(rcfg["backend"], policy, dtype=rcfg["dtype"], seed=seed, **rcfg.get("engine_args", {}))
     trainer = engine if engine.name == "hf" else None
     if rcfg["record_gap"] and trainer is None:
