@@ -340,16 +340,35 @@ def shard_for_rank(items: list, rank: int, world: int) -> list:
 
 # ============================================================================ the loss of one micro-batch
 
+# Fixed bins of the per-step ω histogram (metrics column ``omega_hist``, drawn by ``visd report``): a list
+# of len(OMEGA_HIST_EDGES) + 1 token counts; entry 0 counts ω < 0.5, entry i (1 ≤ i ≤ 200) counts
+# EDGES[i−1] ≤ ω < EDGES[i] (width 0.005), the last entry counts ω ≥ 1.5. With ε_w = 0.2 and λ ≤ 0.5,
+# ω lies in [0.9, 1.1] (40 bins); ω = 1 exactly (A = 0 or λ = 0) falls in the bin [1.0, 1.005).
+OMEGA_HIST_EDGES: tuple[float, ...] = tuple(round(0.5 + 0.005 * i, 3) for i in range(201))
+
+
+def omega_histogram(omega: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Token counts of ω over the masked (completion) tokens in the bins of :data:`OMEGA_HIST_EDGES`."""
+    vals = omega.detach()[mask.bool()].float()
+    edges = torch.tensor(OMEGA_HIST_EDGES, dtype=torch.float32, device=vals.device)
+    idx = torch.bucketize(vals, edges, right=True)  # EDGES[i-1] <= ω < EDGES[i] -> i
+    return torch.bincount(idx, minlength=len(OMEGA_HIST_EDGES) + 1).cpu().numpy().astype(np.int64)
+
+
 @dataclass
 class StepStats:
-    """Sums, mins and maxes of one optimizer step, reduced over micro-batches and processes."""
+    """Sums, mins, maxes and histograms of one optimizer step, reduced over micro-batches and processes."""
 
     sums: dict = field(default_factory=dict)
     mins: dict = field(default_factory=dict)
     maxs: dict = field(default_factory=dict)
+    hists: dict = field(default_factory=dict)
 
     def add(self, name: str, value: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + float(value)
+
+    def add_hist(self, name: str, counts: np.ndarray) -> None:
+        self.hists[name] = self.hists[name] + counts if name in self.hists else np.asarray(counts, dtype=np.int64)
 
     def extreme(self, name: str, lo: float, hi: float) -> None:
         self.mins[name] = min(self.mins.get(name, math.inf), float(lo))
@@ -367,12 +386,18 @@ class StepStats:
             dist.all_reduce(t, op=op)
             d.clear()
             d.update({k: v for k, v in zip(keys, t.tolist()) if v not in (math.inf, -math.inf)})
+        for name, size in KNOWN_HISTS.items():  # every process joins, with zeros where it has none
+            h = torch.as_tensor(self.hists.get(name, np.zeros(size, dtype=np.int64)), dtype=torch.int64,
+                                device=accelerator.device)
+            dist.all_reduce(h, op=dist.ReduceOp.SUM)
+            self.hists[name] = h.cpu().numpy()
 
 
 KNOWN_STATS = ("loss", "pg_loss", "jsd_loss", "sampled_token_loss", "sft_loss", "kl", "n_seq", "n_tok",
                "reward_sum", "adv_sum", "adv_abs_sum", "omega_sum", "omega_changed", "ratio_sum", "ratio_clipped",
                "ratio_n", "omega_n")
 KNOWN_EXTREMES = ("omega", "ratio")
+KNOWN_HISTS = {"omega": len(OMEGA_HIST_EDGES) + 1}
 
 
 def micro_batch_loss(recipe: str, cfg: dict, logits: torch.Tensor, batch: Batch, rollouts: Sequence[Rollout],
@@ -403,6 +428,7 @@ def micro_batch_loss(recipe: str, cfg: dict, logits: torch.Tensor, batch: Batch,
                 stats.add("omega_changed", o["frac_changed"] * o["n_tokens"])
                 stats.add("omega_n", o["n_tokens"])
                 stats.extreme("omega", o["min"], o["max"])
+                stats.add_hist("omega", omega_histogram(omega, mask))
             if r["n_tokens"]:
                 stats.add("ratio_sum", r["mean"] * r["n_tokens"])
                 stats.add("ratio_clipped", r["clip_frac"] * r["n_tokens"])
@@ -859,7 +885,7 @@ class _nullcontext:
 
 METRIC_COLUMNS = ("phase", "step", "global_step", "recipe", "loss", "pg_loss", "jsd_loss", "sampled_token_loss",
                   "sft_loss", "kl", "lambda", "omega_mean", "omega_min", "omega_max", "omega_frac_changed",
-                  "grad_norm", "ratio_mean", "ratio_min", "ratio_max", "ratio_clip_frac", "reward_mean",
+                  "omega_hist", "grad_norm", "ratio_mean", "ratio_min", "ratio_max", "ratio_clip_frac", "reward_mean",
                   "advantage_mean", "advantage_abs_mean", "sequences", "tokens", "tokens_per_s", "step_time_s", "lr",
                   "ema_updated", "world_size")
 
@@ -875,6 +901,7 @@ def metrics_row(phase, step, s, recipe, lam, lr, grad_norm, st: StepStats, dt, w
         "lambda": float(lam),
         "omega_mean": S["omega_sum"] / on if on else None, "omega_min": st.mins.get("omega"),
         "omega_max": st.maxs.get("omega"), "omega_frac_changed": S["omega_changed"] / on if on else None,
+        "omega_hist": [int(c) for c in st.hists["omega"]] if on and "omega" in st.hists else None,
         "grad_norm": grad_norm,
         "ratio_mean": S["ratio_sum"] / rn if rn else None, "ratio_min": st.mins.get("ratio"),
         "ratio_max": st.maxs.get("ratio"), "ratio_clip_frac": S["ratio_clipped"] / rn if rn else None,

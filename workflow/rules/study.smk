@@ -1,5 +1,5 @@
-# The convergence study (README, "Convergence study"): `snakemake --cores all --configfile
-# config/experiments/convergence.yaml study`. Every (method, seed) run starts from the main workflow's
+# The convergence study (README, "Convergence study"): `snakemake --cores all study --configfile
+# config/experiments/convergence.yaml`. Every (method, seed) run starts from the main workflow's
 # start policy and reads its samples and frames; one job per run executes its phases in-process.
 
 STUDY = config["study"]
@@ -52,7 +52,28 @@ rule study_summary:
         "--baseline {params.baseline} --csv {output.csv:q} --json {output.json:q} --png {output.png:q} > {log:q} 2>&1"
 
 
+rule study_report:
+    input:
+        runs=expand(res("study", "{method}", f"seed-{STUDY['seeds'][0]}", "done.json"), method=STUDY["methods"]),
+    output:
+        html=res("study", "report", "index.html"),
+    params:
+        main=lambda w, input: str(Path(input.runs[STUDY["methods"].index(STUDY["baseline"])]).parent)
+        if STUDY["baseline"] in STUDY["methods"] else str(Path(input.runs[0]).parent),
+        label=STUDY["baseline"] if STUDY["baseline"] in STUDY["methods"] else STUDY["methods"][0],
+        compare=lambda w, input: " ".join(f"--compare {m}={Path(r).parent}" for m, r in zip(STUDY["methods"], input.runs)
+                                          if m != (STUDY["baseline"] if STUDY["baseline"] in STUDY["methods"] else STUDY["methods"][0])),
+        out=lambda w, output: str(Path(output.html).parent),
+    log:
+        "logs/study/report.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "visd report --results {params.main:q} --label {params.label} {params.compare} --out {params.out:q} > {log:q} 2>&1"
+
+
 rule study:
     input:
         rules.study_summary.output,
+        rules.study_report.output,
     default_target: False
