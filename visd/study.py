@@ -256,6 +256,7 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "run":
         try:
             base = cfgmod.parse_params(args.params)
+            base.pop("version", None)  # the workflow's stage version, not a config key
             cfg = method_config(base, args.method, args.seed)
         except cfgmod.ConfigError as e:
             print(f"visd study: {e}", file=sys.stderr)
