@@ -23,7 +23,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "teacher-logits": ("visd.teacher", "cache the EMA teacher's top-K logits of every rollout under its hint"),
     "train": ("visd.train", "train the policy on one phase (visd, grpo, opsd or sft recipe); run under accelerate"),
     "evaluate": ("visd.eval.stage", "greedy-decode a benchmark with one checkpoint; V-STaR, MCQ and task metrics"),
+    "kl-gap": ("visd.diagnostics", "KL(teacher view || student view) on held-out references (Visual-OPSD diagnostic)"),
+    "report": ("visd.report", "draw the run report: PNG figures + index.html (several runs: method comparison)"),
     "study": ("visd.study", "convergence study: VISD vs GRPO (vs OPSD) from one checkpoint, several seeds"),
+    "rmsd-teacher-pool": ("visd.rmsd.pool", "R-MSD: K teacher samples per input, quality, filter (q >= tau) and matching"),
+    "rmsd-sft": ("visd.rmsd.stage1", "R-MSD Stage 1: SFT on the best kept teacher response per input"),
+    "rmsd-discriminator": ("visd.rmsd.discriminator", "R-MSD: warm up / update the discriminator on teacher-vs-student pairs"),
+    "rmsd-reward": ("visd.rmsd.stage2", "R-MSD Stage 2 rewards: a*D + b*R_outer + e*R_task + d*R_content, group advantages"),
     "check-engines": ("visd.check_engines", "compare hf and vllm logprobs on the same prompts and tokens"),
     "audit": ("visd.audit", "query every table under results/ with DuckDB"),
 }

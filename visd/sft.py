@@ -29,7 +29,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,7 @@ from visd import train as T
 from visd.io import write_parquet
 
 COUNTERFACTUAL = 0.5  # share of teacher-view examples whose verified answer (hint and target) is another one
+MARGIN_SAMPLES = 64  # eval samples the before/after answer margin is measured on (evenly spaced, sorted ids)
 
 
 def perturbed_feedback(samples: dict[str, dict], ids: Sequence[str], seed: int) -> dict[str, str]:
@@ -77,6 +78,109 @@ def counterfactual_answers(samples: dict[str, dict], ids: Sequence[str]) -> dict
     return out
 
 
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+SHAPES = ("circle", "square", "triangle", "star")
+COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix")  # optional ``sft`` keys (defaults below)
+COPY_WARMUP_STEPS = 0  # text-only copy warm-up optimizer steps before the SFT (0: off; see copy_warmup)
+COPY_BATCH_SIZE = 32
+COPY_MIX = 0  # text-only copy examples added to every SFT batch
+
+
+def random_answer(task_type: str, rng: np.random.Generator, duration: float = 8.0) -> str:
+    """A random answer in the format of ``task_type`` (the synthetic tasks' answer vocabulary, with far
+    more distinct values than the training set has): copying the hint is the only way to predict it."""
+    def box() -> str:
+        x, y, w, h = (int(v) for v in rng.integers(0, 100, 4))
+        return f"[{x},{y},{x + 4 + w // 4},{y + 4 + h // 4}]"
+
+    if task_type == "mcq":
+        return "ABCD"[int(rng.integers(4))]
+    if task_type == "numeric":
+        return str(int(rng.integers(0, 10)))
+    if task_type == "open":
+        k = int(rng.integers(3))
+        if k == 0:
+            return str(rng.choice(COLOURS))
+        if k == 1:
+            return f"{rng.choice(COLOURS)} {rng.choice(SHAPES)}"
+        cols = rng.choice(COLOURS, int(rng.integers(2, 4)), replace=False)
+        return ", ".join(str(c) for c in cols)
+    if task_type == "temporal":
+        n = max(2, round(2 * duration))
+        a, b = sorted(int(v) for v in rng.choice(n + 1, 2, replace=False))
+        return f"From <t>{a / 2:.1f}</t>s to <t>{b / 2:.1f}</t>s"
+    if task_type == "spatial":
+        return box()
+    if task_type == "spatiotemporal":
+        ks = sorted(int(v) for v in rng.choice(int(max(2, 2 * duration)), int(rng.integers(1, 5)), replace=False))
+        return "{" + ",".join(f'"{k}":{box()}' for k in ks) + "}"
+    return str(rng.choice(COLOURS))
+
+
+def text_prompt(tokenizer, sample: dict, hint: str) -> dict:
+    """A text-only prompt (no vision input) in the chat layout of :func:`visd.prompts.render`'s teacher
+    view: system, the user turn with the question then ``hint``, the assistant header."""
+    from visd.prompts import ASSISTANT_TAIL, format_chat, question_text
+
+    prefix = format_chat([{"role": "user", "content": [{"type": "text", "text": question_text(sample)}]}])
+    prefix = prefix[: -len(ASSISTANT_TAIL)]
+    def enc(t: str) -> list[int]:
+        return list(tokenizer(t, add_special_tokens=False)["input_ids"]) if t else []
+
+    ids = torch.tensor([enc(prefix) + enc(hint) + enc(ASSISTANT_TAIL)], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": torch.zeros_like(ids, dtype=torch.int32),
+            "text": prefix + hint + ASSISTANT_TAIL, "hint": hint, "view": "teacher"}
+
+
+def copy_example(tokenizer, sample: dict, rng: np.random.Generator, components: Sequence[str],
+                 feedback: str | None = None) -> tuple[dict, list[int], str]:
+    """One text-only copy example built on a training sample: its question, a teacher hint whose verified
+    answer is a fresh random answer X of its task type (window / key frames / feedback as the sample
+    has them), and target = its reference with the answer replaced by X. Returns (prompt, completion, X)."""
+    from visd.teacher import hint_for
+
+    x = random_answer(sample["task_type"], rng, float(sample.get("duration_s") or 8.0))
+    hint = hint_for({**sample, "answer": x}, feedback, components)
+    return text_prompt(tokenizer, sample, hint), example_completion(tokenizer, with_answer(sample["reference"], x)), x
+
+
+def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[str], feedback: dict[str, str],
+                components: Sequence[str], steps: int, batch_size: int, lr: float, seed: int, device,
+                progress: bool = False, answer_only: bool = False) -> list[dict]:
+    """``steps`` optimizer steps of text-only copy examples (:func:`copy_example`): the model learns to
+    read the hint's verified answer into ``<answer>…</answer>`` before the SFT on the videos."""
+    from tqdm import tqdm
+
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    optimizer = T.make_optimizer(model, lr, weight_decay=0.0)
+    model.train()
+    rows, t_start = [], time.perf_counter()
+    for step in tqdm(range(steps), desc="sft copy warm-up", unit="step", disable=not progress, file=sys.stderr):
+        rng = np.random.default_rng([seed, 9, step])
+        ps, cs = [], []
+        for i in rng.integers(len(train_ids), size=batch_size):
+            sid = train_ids[int(i)]
+            fb = feedback.get(sid) if rng.random() < 0.5 else None
+            p, c, _ = copy_example(tokenizer, samples[sid], rng, components, fb)
+            ps.append(p)
+            cs.append(c)
+        batch = T.collate(ps, cs, pad_id, model.config)
+        if answer_only:  # the think's objects / boxes are unpredictable without the video: noise here
+            for r, c in enumerate(cs):
+                a, b = answer_span(tokenizer, c)
+                batch.mask[r, :a] = False
+                batch.mask[r, b:] = False
+        batch = T.to_device(batch, device)
+        T.set_lr(optimizer, T.lr_at(step, lr, max(1, steps // 20), steps))
+        loss = losses.sft_cross_entropy(T.completion_logits(model, batch), batch.tokens, batch.mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        rows.append({"step": step + 1, "loss": loss.item(), "elapsed_s": time.perf_counter() - t_start})
+    return rows
+
+
 def with_answer(reference: str, answer: str) -> str:
     """``reference`` with its ``<answer>…</answer>`` span replaced."""
     return re.sub(r"<answer>.*?</answer>", lambda _: f"<answer>{answer}</answer>", reference, count=1, flags=re.S)
@@ -96,39 +200,135 @@ def answer_span(tokenizer, ids: Sequence[int]) -> tuple[int, int]:
     return 0, len(ids)
 
 
+class SharedPrompts(T.Prompts):
+    """:class:`visd.train.Prompts` whose teacher views share the student view's vision tensors: a teacher
+    prompt is the student prompt with the hint's ids spliced in after the shared prefix, exactly as
+    :func:`visd.prompts.render` builds it (``ids(prefix) + ids(hint) + ids(tail)``), so the many hints
+    SFT draws per sample (feedback, counterfactual answers) cost no re-render and no extra pixels."""
+
+    def get(self, sample_id: str, view: str = "student", hint: str | None = None) -> dict:
+        if view != "teacher":
+            return super().get(sample_id, view, hint)
+        from visd.prompts import hint_text
+
+        key = (sample_id, view, hint)
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        st = super().get(sample_id)
+        h = hint_text(self.samples[sample_id]) if hint is None else hint
+        n = st["n_prefix"]
+        hid = torch.tensor([list(self.tokenizer(h, add_special_tokens=False)["input_ids"]) if h else []], dtype=torch.long)
+        ids = torch.cat([st["input_ids"][:, :n], hid, st["input_ids"][:, n:]], 1)
+        mm = torch.cat([st["mm_token_type_ids"][:, :n], torch.zeros_like(hid, dtype=st["mm_token_type_ids"].dtype),
+                        st["mm_token_type_ids"][:, n:]], 1)
+        text = st["text"]
+        cut = len(text) - len("<|im_end|>\n<|im_start|>assistant\n")
+        r = {**st, "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": mm,
+             "text": text[:cut] + h + text[cut:], "hint": h, "view": "teacher"}
+        self.cache[key] = r
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return r
+
+
+def view_hint(prompts: T.Prompts, sample_id: str, components: Sequence[str] | None = None,
+              hint_fn: Callable[[dict], str] | None = None) -> str:
+    """The teacher view's hint for ``sample_id``: ``hint_fn(sample)`` when given, else the verified hint
+    (:func:`visd.prompts.hint_text` with the ``teacher.hint`` components, no judge feedback)."""
+    from visd.prompts import hint_text
+
+    sample = prompts.samples[sample_id]
+    return hint_fn(sample) if hint_fn is not None else hint_text(sample, None, components=components)
+
+
+@torch.no_grad()
+def paired_logits(model, tokenizer, prompts: T.Prompts, sample_ids: Sequence[str], batch_size: int = 16,
+                  device="cpu", components: Sequence[str] | None = None,
+                  hint_fn: Callable[[dict], str] | None = None) -> Iterator[tuple]:
+    """Teacher-forced forwards of each sample's reference completion (``reference + <|im_end|>``) in both
+    views with the same weights, ``batch_size`` samples at a time.
+
+    Yields ``(chunk, completions, z_student, z_teacher)``: the chunk's sample ids, their completion ids and
+    float32 logits ``[B, T, V]`` (row b's first ``len(completions[b])`` positions are real tokens; both
+    views share the completions, so positions align)."""
+    model.eval()
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    sample_ids = list(sample_ids)
+    for i in range(0, len(sample_ids), batch_size):
+        chunk = sample_ids[i:i + batch_size]
+        comps = [example_completion(tokenizer, prompts.samples[s]["reference"]) for s in chunk]
+        z = {}
+        for view in ("student", "teacher"):
+            ps = [prompts.get(s) if view == "student" else
+                  prompts.get(s, "teacher", view_hint(prompts, s, components, hint_fn)) for s in chunk]
+            b = T.to_device(T.collate(ps, comps, pad, model.config), device)
+            z[view] = T.completion_logits(model, b)
+        yield chunk, comps, z["student"], z["teacher"]
+
+
+def span_logps(tokenizer, logits: torch.Tensor, completions: Sequence[Sequence[int]]) -> tuple[list[float], list[float]]:
+    """Per row: (sum of log p over the ``<answer>…</answer>`` span, sum over the whole completion)."""
+    dev = logits.device
+    tokens = torch.zeros(logits.shape[:2], dtype=torch.long, device=dev)
+    for r, c in enumerate(completions):
+        tokens[r, :len(c)] = torch.as_tensor(c, dtype=torch.long, device=dev)
+    lp = T.token_logprobs(logits, tokens)
+    ans, full = [], []
+    for r, c in enumerate(completions):
+        s, e = answer_span(tokenizer, c)
+        ans.append(float(lp[r, s:e].sum()))
+        full.append(float(lp[r, :len(c)].sum()))
+    return ans, full
+
+
+class MarginAccumulator:
+    """Collects per-sample answer / reference log-probabilities of both views; :meth:`summary` is the
+    dict :func:`answer_margin` returns."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ans = {"student": [], "teacher": []}
+        self.full = {"student": [], "teacher": []}
+        self.ids: list[str] = []
+
+    def add(self, chunk, completions, z_student, z_teacher) -> None:
+        self.ids += list(chunk)
+        for view, z in (("student", z_student), ("teacher", z_teacher)):
+            a, f = span_logps(self.tokenizer, z, completions)
+            self.ans[view] += a
+            self.full[view] += f
+
+    def per_sample(self) -> dict[str, float]:
+        """sample id → answer margin (teacher − student log p of the answer span)."""
+        return {s: t - u for s, t, u in zip(self.ids, self.ans["teacher"], self.ans["student"])}
+
+    def summary(self) -> dict:
+        st, te = np.array(self.ans["student"]), np.array(self.ans["teacher"])
+        fs, ft = np.array(self.full["student"]), np.array(self.full["teacher"])
+        nan = float("nan")
+        if not len(st):
+            return {"n": 0, "margin_mean": nan, "margin_positive": nan, "student_answer_logp": nan,
+                    "teacher_answer_logp": nan, "reference_margin_mean": nan, "reference_margin_positive": nan}
+        return {"n": len(st), "margin_mean": float((te - st).mean()), "margin_positive": float(((te - st) > 0).mean()),
+                "student_answer_logp": float(st.mean()), "teacher_answer_logp": float(te.mean()),
+                "reference_margin_mean": float((ft - fs).mean()), "reference_margin_positive": float(((ft - fs) > 0).mean())}
+
+
 @torch.no_grad()
 def answer_margin(model, tokenizer, prompts: T.Prompts, sample_ids: Sequence[str], batch_size: int = 16,
-                  device="cpu", components: Sequence[str] | None = None) -> dict:
+                  device="cpu", components: Sequence[str] | None = None,
+                  hint_fn: Callable[[dict], str] | None = None) -> dict:
     """Per-sample log p(verified answer span | prompt, reference think) in the teacher view (hint) minus
     the student view; returns the mean margin, the share of samples with a positive margin, the mean
     student / teacher answer log-probabilities (sums over the span's tokens), and the same margin for
     the whole reference completion (``reference_margin_*``: think + answer, where the hint's window and
     key-frame times also help)."""
-    from visd.prompts import hint_text
-
-    model.eval()
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    res = {"student": [], "teacher": []}
-    full = {"student": [], "teacher": []}
-    for view in ("student", "teacher"):
-        for i in range(0, len(sample_ids), batch_size):
-            chunk = sample_ids[i:i + batch_size]
-            comps = [example_completion(tokenizer, prompts.samples[s]["reference"]) for s in chunk]
-            ps = [prompts.get(s) if view == "student" else
-                  prompts.get(s, "teacher", hint_text(prompts.samples[s], None, components=components)) for s in chunk]
-            b = T.to_device(T.collate(ps, comps, pad, model.config), device)
-            lp = T.token_logprobs(T.completion_logits(model, b), b.tokens)
-            for r, c in enumerate(comps):
-                s, e = answer_span(tokenizer, c)
-                res[view].append(float(lp[r, s:e].sum()))
-                full[view].append(float(lp[r, :len(c)].sum()))
-    st, te = np.array(res["student"]), np.array(res["teacher"])
-    return {"n": len(sample_ids), "margin_mean": float((te - st).mean()) if len(st) else float("nan"),
-            "margin_positive": float(((te - st) > 0).mean()) if len(st) else float("nan"),
-            "student_answer_logp": float(st.mean()) if len(st) else float("nan"),
-            "teacher_answer_logp": float(te.mean()) if len(st) else float("nan"),
-            "reference_margin_mean": float(np.mean(np.subtract(full["teacher"], full["student"]))) if len(st) else float("nan"),
-            "reference_margin_positive": float(np.mean(np.subtract(full["teacher"], full["student"]) > 0)) if len(st) else float("nan")}
+    acc = MarginAccumulator(tokenizer)
+    for chunk, comps, zs, zt in paired_logits(model, tokenizer, prompts, sample_ids, batch_size, device,
+                                              components, hint_fn):
+        acc.add(chunk, comps, zs, zt)
+    return acc.summary()
 
 
 def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in: str, out: str,
@@ -137,7 +337,11 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
 
     from visd.teacher import hint_for
 
-    scfg = cfgmod.section("sft", params.get("sft"))
+    raw = dict(params.get("sft") or {})
+    copy_cfg = {"copy_warmup_steps": COPY_WARMUP_STEPS, "copy_batch_size": COPY_BATCH_SIZE, "copy_lr": None,
+                "copy_mix": COPY_MIX}
+    copy_cfg.update({k: raw.pop(k) for k in COPY_KEYS if k in raw})
+    scfg = cfgmod.section("sft", raw)
     components = cfgmod.section("teacher", params.get("teacher"))["hint"]
     prompt_cfg = cfgmod.section("prompt", params.get("prompt"))
     seed = int(params.get("seed", 0))
@@ -151,14 +355,24 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     eval_ids = sorted(s for s in frames if samples[s]["split"] == "eval" and samples[s].get("reference"))
     if not train_ids:
         raise SystemExit(f"visd sft: no train sample with a reference in {samples_path} / {list(frames_paths)}")
-    prompts = T.Prompts(tokenizer, samples, frames, prompt_cfg, cache_size=4 * (len(train_ids) + len(eval_ids)))
+    margin_ids = eval_ids[::-(-len(eval_ids) // MARGIN_SAMPLES)] if eval_ids else []
+    prompts = SharedPrompts(tokenizer, samples, frames, prompt_cfg, cache_size=4 * (len(train_ids) + len(margin_ids)))
     feedback = perturbed_feedback(samples, train_ids, seed)
     alternatives = counterfactual_answers(samples, train_ids)
     completions = {s: example_completion(tokenizer, samples[s]["reference"]) for s in train_ids}
 
     model = T.load_model(policy_in).to(device)
     model.config.use_cache = False
-    before = answer_margin(model, tokenizer, prompts, eval_ids, device=device, components=components) if (eval_margin and eval_ids) else None
+    before = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (eval_margin and margin_ids) else None
+    t_copy = time.perf_counter()
+    copy_rows = copy_warmup(model, tokenizer, samples, train_ids, feedback, components,
+                            int(copy_cfg["copy_warmup_steps"]), int(copy_cfg["copy_batch_size"]),
+                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress) if copy_cfg["copy_warmup_steps"] else []
+    t_copy = time.perf_counter() - t_copy
+    after_copy = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (copy_rows and eval_margin and margin_ids) else None
+    if after_copy:
+        print(f"[sft] copy warm-up {len(copy_rows)} steps in {t_copy:.1f} s, loss {copy_rows[0]['loss']:.3f} → {copy_rows[-1]['loss']:.3f}; "
+              f"eval answer margin {after_copy['margin_mean']:.3f} (positive {after_copy['margin_positive']:.2f})", file=sys.stderr)
     model.train()
     optimizer = T.make_optimizer(model, scfg["lr"], weight_decay=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -192,6 +406,11 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             fb = feedback.get(sid) if with_fb[j] else None
             batch_prompts.append(prompts.get(sid, "teacher", hint_for(sample, fb, components)))
             targets.append(target)
+        for _ in range(int(copy_cfg["copy_mix"])):  # text-only copy examples keep the hint-reading alive
+            sid = train_ids[int(rng.integers(len(train_ids)))]
+            p, c, _ = copy_example(tokenizer, samples[sid], rng, components, feedback.get(sid) if rng.random() < 0.5 else None)
+            batch_prompts.append(p)
+            targets.append(c)
         batch = T.to_device(T.collate(batch_prompts, targets, pad_id, model.config), device)
         lr = T.lr_at(step, scfg["lr"], scfg["warmup_steps"], scfg["steps"])
         T.set_lr(optimizer, lr)
@@ -209,11 +428,12 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
                      "elapsed_s": time.perf_counter() - t_start})
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    after = answer_margin(model, tokenizer, prompts, eval_ids, device=device, components=components) if (eval_margin and eval_ids) else None
+    after = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (eval_margin and margin_ids) else None
     info = {"role": "sft", "global_step": 0, "sft_steps": scfg["steps"], "batch_size": bs, "lr": scfg["lr"],
             "train_samples": len(train_ids), "final_loss": rows[-1]["loss"] if rows else None,
             "seconds": round(time.perf_counter() - t_start, 1), "answer_margin_before": before,
-            "answer_margin_after": after}
+            "answer_margin_after": after, "copy_warmup": {**copy_cfg, "seconds": round(t_copy, 1),
+            "final_loss": copy_rows[-1]["loss"] if copy_rows else None, "answer_margin_after": after_copy}}
     T.save_hf_folder(model, policy_in, out, info)
     if metrics_path:
         write_parquet(pa.Table.from_pylist(rows), metrics_path)

@@ -77,3 +77,73 @@ def test_sft_learns_format_and_to_use_the_hint(tmp_path_factory, tmp_path, one_t
     assert fmt0 < 0.1 and fmt1 >= 0.5, (fmt0, fmt1)  # measured here: 0.0 → 0.75
     # the folder is a complete HF model with tokenizer files and provenance
     assert (out / "tokenizer.json").exists() and T.trainer_info(out)["role"] == "sft"
+
+
+def test_shared_prompts_teacher_view_equals_render(tiny_model):
+    """SharedPrompts splices the hint into the cached student prompt: token-exact with visd.prompts.render's
+    teacher view (ids, M-RoPE type ids, text) and sharing the student's pixel tensor."""
+    import torch
+
+    from tests.conftest import TEST_SAMPLE, test_frames_row
+    from visd.config import section
+    from visd.prompts import hint_text
+
+    tok = T.load_tokenizer(tiny_model)
+    samples = {TEST_SAMPLE["sample_id"]: TEST_SAMPLE}
+    frames = {TEST_SAMPLE["sample_id"]: test_frames_row()}
+    ref = T.Prompts(tok, samples, frames, section("prompt", {"mode": "video"}))
+    shared = sft.SharedPrompts(tok, samples, frames, section("prompt", {"mode": "video"}))
+    sid = TEST_SAMPLE["sample_id"]
+    for hint in (None, "", hint_text(TEST_SAMPLE, "The answer is wrong."),
+                 hint_text({**TEST_SAMPLE, "answer": "From <t>0.0</t>s to <t>0.5</t>s"}, None, components=["answer"])):
+        a, b = ref.get(sid, "teacher", hint), shared.get(sid, "teacher", hint)
+        assert set(a) == set(b)
+        for k in a:
+            assert (torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]), (hint, k)
+        assert b["pixel_values_videos"] is shared.get(sid)["pixel_values_videos"]  # no second copy of the pixels
+
+
+def test_copy_examples_are_well_formed(tiny_model):
+    """The text-only copy warm-up: each example's hint states a fresh random answer X of the sample's task
+    type, the target is the reference with <answer>X</answer>, the prompt has no vision input, and a batch
+    of them collates and runs through the model (finite loss)."""
+    import re
+
+    import torch
+
+    from tests.conftest import TEST_SAMPLE
+    from visd import losses
+    from visd.prompts import ASSISTANT_TAIL
+
+    tok = T.load_tokenizer(tiny_model)
+    model = T.load_model(tiny_model)
+    rng = np.random.default_rng(0)
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    comps = ["answer", "window", "keyframes", "feedback"]
+    seen = set()
+    for task in ("mcq", "numeric", "open", "temporal", "spatial", "spatiotemporal"):
+        x = sft.random_answer(task, rng)
+        assert x and "\n" not in x
+        if task == "temporal":
+            a, b = (float(v) for v in re.findall(r"<t>([\d.]+)</t>", x))
+            assert 0 <= a < b <= 8.0
+        if task == "spatial":
+            assert re.fullmatch(r"\[\d+,\d+,\d+,\d+\]", x)
+        if task == "spatiotemporal":
+            assert re.fullmatch(r'\{("\d+":\[\d+,\d+,\d+,\d+\],?)+\}', x)
+    ps, cs = [], []
+    for _ in range(8):
+        p, c, x = sft.copy_example(tok, TEST_SAMPLE, rng, comps, "The answer is wrong.")
+        seen.add(x)
+        assert p["text"].endswith(ASSISTANT_TAIL) and p["hint"] in p["text"] and x in p["hint"]
+        assert tok(p["text"], add_special_tokens=False)["input_ids"] == p["input_ids"][0].tolist()
+        assert int(p["mm_token_type_ids"].sum()) == 0 and "pixel_values_videos" not in p
+        target = tok.decode(c)
+        assert target.endswith(f"<answer>{x}</answer><|im_end|>") and target.startswith("<think>")
+        ps.append(p)
+        cs.append(c)
+    assert len(seen) >= 6  # many distinct answers: copying the hint is the only way to predict them
+    batch = T.collate(ps, cs, pad, model.config)
+    with torch.no_grad():
+        loss = losses.sft_cross_entropy(T.completion_logits(model, batch), batch.tokens, batch.mask)
+    assert torch.isfinite(loss)

@@ -22,18 +22,22 @@ STAGE_VERSIONS = {
     "prepare_data": "1",
     "extract_frames": "1",
     "build_tiny": "1",
-    "rollout": "1",
+    "rollout": "2",
     "reward": "1",
     "judge": "1",
     "sft": "1",
     "teacher_logits": "1",
     "train": "1",
+    "evaluate": "1",
+    "kl_gap": "1",
 }
 
 
 wildcard_constraints:
     shard=r"\d+",
     phase=r"\d+",
+    tag=r"start|phase-\d+",
+    bench=r"[A-Za-z0-9_.-]+",
 
 
 def res(*parts):
@@ -83,7 +87,9 @@ RECIPE = config["train"]["recipe"]
 
 
 def start_policy():
-    """The policy phase 0 starts from: the SFT warm-up when enabled, else the initial model."""
+    """The policy phase 0 starts from: R-MSD's Stage-1 model, else the SFT warm-up when enabled, else the initial model."""
+    if config["rmsd"]["enabled"]:
+        return res("models", "rmsd-sft")
     return res("models", "sft") if config["sft"]["enabled"] else init_model()
 
 
@@ -144,6 +150,32 @@ def accelerate_args(wildcards, threads, resources):
     return "--cpu --num_processes 1 --num_machines 1"
 
 
+EVAL_TAGS = (["start"] if config["evaluate"]["start"] else []) + [f"phase-{p}" for p in PHASES]
+BENCHMARKS = [b["name"] for b in config["evaluate"]["benchmarks"]]
+
+
+def tag_phase(tag):
+    """`start` → start (phase -1 in the tables); `phase-P` → P."""
+    return "start" if tag == "start" else tag.removeprefix("phase-")
+
+
+def policy_for_tag(tag):
+    """The checkpoint an eval tag names: the start policy, or the policy that ended phase P."""
+    return start_policy() if tag == "start" else res("checkpoints", tag, "policy")
+
+
+def eval_targets():
+    if not config["evaluate"]["enabled"]:
+        return []
+    return expand(res("eval", "{tag}", "{bench}.json"), tag=EVAL_TAGS, bench=BENCHMARKS)
+
+
+def kl_gap_targets():
+    if not config["diagnostics"]["kl_gap"]:
+        return []
+    return [res("diagnostics", "kl_gap", f"{tag}.json") for tag in ["start"] + [f"phase-{p}" for p in PHASES]]
+
+
 def all_targets():
     targets = [res("samples.parquet"), *frame_shards()]
     if config["model"]["init"] == "tiny":
@@ -155,4 +187,45 @@ def all_targets():
         if needs_teacher(phase):
             targets += phase_tables("teacher", phase)
         targets.append(res("checkpoints", f"phase-{phase}", "policy"))
-    return targets
+    return targets + eval_targets() + kl_gap_targets()
+
+
+# ------------------------------------------------------------------ R-MSD (workflow/rules/rmsd.smk)
+RMSD = config["rmsd"]
+RMSD_VERSIONS = {"teacher_init": "1", "teacher_sft": "1", "pool": "1", "sft": "1", "discriminator": "1", "reward": "1"}
+
+
+def rmsd_params(stage, **slices):
+    """Canonical JSON of an R-MSD stage's config slice plus its version (as stage_params)."""
+    return canonical_json({"version": f"rmsd_{stage}/{RMSD_VERSIONS[stage]}", **slices})
+
+
+def rmsd_slice(*keys):
+    return {"rmsd": {k: RMSD[k] for k in keys}}
+
+
+def rmsd_teacher():
+    """The teacher folder: a path from config, or the wider tiny model trained longer by this workflow."""
+    return res("rmsd", "teacher", "sft") if RMSD["teacher"]["model"] == "workflow" else RMSD["teacher"]["model"]
+
+
+def rmsd_student_in():
+    """The student Stage 1 starts from: the reference SFT warm-up when enabled, else the initial model."""
+    return res("models", "sft") if config["sft"]["enabled"] else init_model()
+
+
+def rmsd_pool_shards():
+    return expand(res("rmsd", "pool", "shard-{shard}.parquet"), shard=SHARDS)
+
+
+def discriminator_before(phase):
+    """D_{P-1}: the one the rewards of phase P use (the warm-up one at phase 0)."""
+    p = int(phase)
+    return res("rmsd", "discriminator", "warmup") if p == 0 else res("rmsd", "discriminator", f"phase-{p - 1}")
+
+
+def rmsd_targets():
+    if not RMSD["enabled"]:
+        return []
+    return [*rmsd_pool_shards(), res("models", "rmsd-sft"),
+            *[res("rmsd", "discriminator", f"phase-{p}") for p in PHASES]]

@@ -1,0 +1,159 @@
+# R-MSD (METHODS §3; `--configfile config/recipes/rmsd.yaml`): teacher pool → Stage-1 SFT → per phase:
+# rollouts (rollout.smk) → rmsd_reward with D_{P-1} → train (train.smk, recipe grpo, KL to the Stage-1
+# model) and rmsd_discriminator D_P = update(D_{P-1}, phase-P rollouts). Requires the `rmsd` schema section
+# and `start_policy()` returning the Stage-1 model when rmsd.enabled (see README, "R-MSD").
+
+if RMSD["enabled"]:
+
+    ruleorder: rmsd_reward > reward
+
+    rule rmsd_teacher_init:
+        input:
+            samples=res("samples.parquet"),
+        output:
+            model=directory(res("rmsd", "teacher", "init")),
+        params:
+            cfg=rmsd_params("teacher_init", seed=config["seed"],
+                            model={"tiny": {**config["model"]["tiny"], **RMSD["teacher"]["tiny"]}},
+                            prompt={"system": config["prompt"]["system"]}),
+        log:
+            "logs/rmsd_teacher_init/rmsd_teacher_init.log",
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd build-tiny --params {params.cfg:q} --samples {input.samples:q} --out {output.model:q} > {log:q} 2>&1"
+
+    rule rmsd_teacher_sft:
+        input:
+            samples=res("samples.parquet"),
+            frames=frame_shards(),
+            policy=res("rmsd", "teacher", "init"),
+        output:
+            model=directory(res("rmsd", "teacher", "sft")),
+            metrics=res("metrics", "rmsd-teacher-sft.parquet"),
+        params:
+            cfg=rmsd_params("teacher_sft", seed=config["seed"], sft={**config["sft"], "steps": RMSD["teacher"]["sft_steps"]},
+                            prompt=config["prompt"], teacher={"hint": config["teacher"]["hint"]}),
+        log:
+            "logs/rmsd_teacher_sft/rmsd_teacher_sft.log",
+        benchmark:
+            "benchmarks/rmsd_teacher_sft/rmsd_teacher_sft.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd sft --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
+            "--policy-in {input.policy:q} --out {output.model:q} --metrics {output.metrics:q} --no-progress > {log:q} 2>&1"
+
+    rule rmsd_teacher_pool:
+        input:
+            samples=res("samples.parquet"),
+            frames=res("frames", "shard-{shard}.parquet"),
+            teacher=rmsd_teacher(),
+        output:
+            pool=res("rmsd", "pool", "shard-{shard}.parquet"),
+            rejects=res("rejects", "rmsd_pool", "shard-{shard}.parquet"),
+        params:
+            cfg=rmsd_params("pool", seed=config["seed"], prompt=config["prompt"], **rmsd_slice("teacher", "pool")),
+        log:
+            "logs/rmsd_teacher_pool/shard-{shard}.log",
+        benchmark:
+            "benchmarks/rmsd_teacher_pool/shard-{shard}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd rmsd-teacher-pool --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
+            "--teacher {input.teacher:q} --out {output.pool:q} --rejects {output.rejects:q} --no-progress > {log:q} 2>&1"
+
+    rule rmsd_sft:
+        input:
+            samples=res("samples.parquet"),
+            frames=frame_shards(),
+            pool=rmsd_pool_shards(),
+            policy=rmsd_student_in(),
+        output:
+            model=directory(res("models", "rmsd-sft")),
+            metrics=res("metrics", "rmsd-sft.parquet"),
+        params:
+            cfg=rmsd_params("sft", seed=config["seed"], prompt=config["prompt"], **rmsd_slice("sft")),
+        log:
+            "logs/rmsd_sft/rmsd_sft.log",
+        benchmark:
+            "benchmarks/rmsd_sft/rmsd_sft.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd rmsd-sft --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
+            "--pool {input.pool:q} --policy-in {input.policy:q} --out {output.model:q} --metrics {output.metrics:q} "
+            "--no-progress > {log:q} 2>&1"
+
+    rule rmsd_discriminator_warmup:
+        input:
+            samples=res("samples.parquet"),
+            frames=frame_shards(),
+            pool=rmsd_pool_shards(),
+            rollouts=phase_tables("rollouts", 0),
+            student=res("models", "rmsd-sft"),
+        output:
+            model=directory(res("rmsd", "discriminator", "warmup")),
+            metrics=res("metrics", "rmsd-discriminator-warmup.parquet"),
+        params:
+            cfg=rmsd_params("discriminator", seed=config["seed"], prompt=config["prompt"],
+                            **rmsd_slice("pool", "discriminator")),
+        log:
+            "logs/rmsd_discriminator/warmup.log",
+        benchmark:
+            "benchmarks/rmsd_discriminator/warmup.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd rmsd-discriminator --warmup --params {params.cfg:q} --phase 0 --samples {input.samples:q} "
+            "--frames {input.frames:q} --pool {input.pool:q} --rollouts {input.rollouts:q} --d-in {input.student:q} "
+            "--out {output.model:q} --metrics {output.metrics:q} --no-progress > {log:q} 2>&1"
+
+    rule rmsd_discriminator:
+        input:
+            samples=res("samples.parquet"),
+            frames=frame_shards(),
+            pool=rmsd_pool_shards(),
+            rollouts=lambda w: phase_tables("rollouts", w.phase),
+            d_in=lambda w: discriminator_before(w.phase),
+        output:
+            model=directory(res("rmsd", "discriminator", "phase-{phase}")),
+            metrics=res("metrics", "rmsd-discriminator-phase-{phase}.parquet"),
+        params:
+            cfg=rmsd_params("discriminator", seed=config["seed"], prompt=config["prompt"],
+                            **rmsd_slice("pool", "discriminator")),
+        log:
+            "logs/rmsd_discriminator/phase-{phase}.log",
+        benchmark:
+            "benchmarks/rmsd_discriminator/phase-{phase}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd rmsd-discriminator --params {params.cfg:q} --phase {wildcards.phase} --samples {input.samples:q} "
+            "--frames {input.frames:q} --pool {input.pool:q} --rollouts {input.rollouts:q} --d-in {input.d_in:q} "
+            "--out {output.model:q} --metrics {output.metrics:q} --no-progress > {log:q} 2>&1"
+
+    rule rmsd_reward:
+        input:
+            samples=res("samples.parquet"),
+            frames=res("frames", "shard-{shard}.parquet"),
+            rollouts=res("rollouts", "phase-{phase}", "shard-{shard}.parquet"),
+            pool=res("rmsd", "pool", "shard-{shard}.parquet"),
+            discriminator=lambda w: discriminator_before(w.phase),
+        output:
+            rewards=res("rewards", "phase-{phase}", "shard-{shard}.parquet"),
+        params:
+            cfg=rmsd_params("reward", seed=config["seed"], prompt=config["prompt"],
+                            curriculum={"phases": config["curriculum"]["phases"]},
+                            **rmsd_slice("pool", "discriminator", "reward")),
+        log:
+            "logs/rmsd_reward/phase-{phase}/shard-{shard}.log",
+        benchmark:
+            "benchmarks/rmsd_reward/phase-{phase}/shard-{shard}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "visd rmsd-reward --params {params.cfg:q} --phase {wildcards.phase} --samples {input.samples:q} "
+            "--frames {input.frames:q} --rollouts {input.rollouts:q} --pool {input.pool:q} "
+            "--discriminator {input.discriminator:q} --out {output.rewards:q} > {log:q} 2>&1"
