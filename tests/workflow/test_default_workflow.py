@@ -22,10 +22,13 @@ SMALL = {
     "sft": {"steps": 10, "batch_size": 4},
     "curriculum": {"phases": 2, "steps_per_phase": 1},
     "train": {"prompts_per_step": 2, "micro_batch": 3, "anneal_steps": 10, "lr": 1.0e-4},
+    "evaluate": {"max_new_tokens": 12, "benchmarks": [{"name": "synth", "limit": 3}]},
+    "diagnostics": {"limit": 2},
 }
 PER_PHASE = {"rollout": 2, "reward": 2, "judge": 2, "teacher_logits": 2, "train": 1}
 ALL_PHASES = {k: 2 * v for k, v in PER_PHASE.items()}
-DOWNSTREAM_OF_FRAMES = {"extract_frames": 2, "sft": 1, **ALL_PHASES}
+AFTER_PHASES = {"evaluate": 2, "kl_gap": 2, "report": 1}  # what reads the phases' checkpoints and tables
+DOWNSTREAM_OF_FRAMES = {"extract_frames": 2, "sft": 1, **ALL_PHASES, "evaluate": 3, "kl_gap": 3, "report": 1}
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -113,31 +116,21 @@ def test_second_run_does_nothing(run_dir):
     assert planned_jobs(run_dir) == {}
 
 
-def test_changing_fps_reruns_extraction_and_downstream_not_import(run_dir):
-    before = (run_dir / "results/samples.parquet").stat().st_mtime_ns
-    (run_dir / "fps.yaml").write_text(yaml.safe_dump({"frames": {"fps": 1.0}}))
-    assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "fps.yaml") == DOWNSTREAM_OF_FRAMES
-    snakemake(run_dir, "--configfile", "config/config.yaml", "small.yaml", "fps.yaml")
-    assert (run_dir / "results/samples.parquet").stat().st_mtime_ns == before
-    # back to the default: extraction and what reads frames rerun again, import does not
-    assert planned_jobs(run_dir) == DOWNSTREAM_OF_FRAMES
-    snakemake(run_dir)
-
-
 def test_changing_judge_settings_reruns_judge_and_downstream_only(run_dir):
     # the judge feeds the teacher's hint, which feeds training, whose checkpoint feeds the next phase
     (run_dir / "judge.yaml").write_text(yaml.safe_dump({"judge": {"max_tokens": 256}}))
     assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "judge.yaml") == {
-        "judge": 4, "teacher_logits": 4, "train": 2, "rollout": 2, "reward": 2}
+        "judge": 4, "teacher_logits": 4, "train": 2, "rollout": 2, "reward": 2, **AFTER_PHASES}
     (run_dir / "rollout.yaml").write_text(yaml.safe_dump({"rollout": {"temperature": 0.7}}))
-    assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "rollout.yaml") == ALL_PHASES
+    assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "rollout.yaml") == {
+        **ALL_PHASES, **AFTER_PHASES}
 
 
 def test_changing_lambda0_reruns_training_and_later_phases_only(run_dir):
     (run_dir / "lam.yaml").write_text(yaml.safe_dump({"train": {"lam0": 0.3}}))
     # phase 0: only train (its rollouts, judge and teacher logits do not depend on λ0); phase 1: all of it
     assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "lam.yaml") == {
-        "train": 2, **{k: v for k, v in PER_PHASE.items() if k != "train"}}
+        "train": 2, **{k: v for k, v in PER_PHASE.items() if k != "train"}, **AFTER_PHASES}
 
 
 def test_grpo_recipe_has_no_judge_or_teacher_stages(run_dir):
@@ -205,6 +198,28 @@ def test_audit_queries_real_outputs(run_dir):
     assert json.loads(out)[0]["n"] == n_samples
 
 
+def test_evaluation_kl_gap_and_report(run_dir):
+    res = run_dir / "results"
+    for tag, phase in [("start", -1), ("phase-0", 0), ("phase-1", 1)]:
+        summary = json.loads((res / "eval" / tag / "synth.json").read_text())
+        assert summary["phase"] == phase and summary["n_items"] == 3 and 0 <= summary["metrics"]["score"] <= 100
+        rows = pq.read_table(res / "eval" / tag / "synth.parquet").to_pylist()
+        assert {r["policy_hash"] for r in rows} == {summary["policy_hash"]} and all(r["n_tokens"] <= 12 for r in rows)
+        kl = json.loads((res / "diagnostics" / "kl_gap" / f"{tag}.json").read_text())
+        assert kl["n_samples"] == 2 and kl["kl"] >= 0 and kl["policy_hash"] == summary["policy_hash"]
+    assert "gap_closed" in json.loads((res / "diagnostics/kl_gap/phase-1.json").read_text())
+    html = (res / "report" / "index.html").read_text()
+    pngs = sorted((res / "report").glob("*.png"))
+    assert len(pngs) >= 8 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert all(p.name in html for p in pngs if not p.name.startswith("compare_"))
+    for q in ["eval_scores", "eval_progress", "eval_video_feedback"]:
+        out = subprocess.run([visd_bin(), "audit", "--results", str(res), "--query", q, "--format", "json"],
+                             capture_output=True, text=True, check=True).stdout
+        assert json.loads(out), q
+    r = snakemake(run_dir, "--report", str(run_dir / "report.html"))
+    assert (run_dir / "report.html").stat().st_size > 10_000, r.stderr[-2000:]
+
+
 def test_bad_config_fails_naming_the_key(run_dir):
     (run_dir / "bad.yaml").write_text(yaml.safe_dump({"frames": {"fsp": 2}}))
     r = snakemake(run_dir, "-n", "--configfile", "config/config.yaml", "bad.yaml", check=False)
@@ -217,3 +232,17 @@ def test_lint_is_clean():
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Congratulations" in r.stdout + r.stderr
+
+
+def test_changing_fps_reruns_extraction_and_downstream_not_import(run_dir):
+    # last in the module: it leaves the frames at fps 1 (a full rerun back would cost minutes of CI)
+    before = (run_dir / "results/samples.parquet").stat().st_mtime_ns
+    old_hash = pq.read_table(run_dir / "results/frames/shard-0.parquet").column("params_hash")[0].as_py()
+    (run_dir / "fps.yaml").write_text(yaml.safe_dump({"frames": {"fps": 1.0}}))
+    assert planned_jobs(run_dir, "--configfile", "config/config.yaml", "small.yaml", "fps.yaml") == DOWNSTREAM_OF_FRAMES
+    snakemake(run_dir, "--configfile", "config/config.yaml", "small.yaml", "fps.yaml", "--",
+              "results/frames/shard-0.parquet", "results/frames/shard-1.parquet")
+    assert (run_dir / "results/samples.parquet").stat().st_mtime_ns == before
+    assert pq.read_table(run_dir / "results/frames/shard-0.parquet").column("params_hash")[0].as_py() != old_hash
+    # back to the default: extraction and what reads frames rerun again, import does not
+    assert planned_jobs(run_dir) == DOWNSTREAM_OF_FRAMES
