@@ -55,12 +55,15 @@ SMALL = {
     "sft": {"enabled": False},
     "curriculum": {"phases": 2, "steps_per_phase": 1},
     "train": {"recipe": "visd", "prompts_per_step": 2, "micro_batch": 4, "anneal_steps": 10, "lr": 1.0e-3},
+    "evaluate": {"backend": "vllm", "engine_args": VLLM_ARGS, "max_new_tokens": 8,
+                 "benchmarks": [{"name": "synth", "limit": 2}]},
 }
 
 
 # the phase-1 checkpoints (train writes policy, teacher and metrics together): everything the chain needs, and
 # nothing of the evaluation and report rules
 TARGET = "results/checkpoints/phase-1/policy"
+EVAL = "results/eval/phase-1/synth.json"  # greedy evaluation of the phase-1 checkpoint with vLLM
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,7 +87,7 @@ def run_dir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("vllm-wf")
     shutil.copytree(REPO / "config", wd / "config")
     (wd / "small.yaml").write_text(yaml.safe_dump(SMALL))
-    snakemake(wd, TARGET)
+    snakemake(wd, TARGET, EVAL)
     return wd
 
 
@@ -146,6 +149,20 @@ def test_phases_chain_through_checkpoints_with_vllm(run_dir):
     assert (ckpt[1] / "teacher" / "model.safetensors").exists()
 
 
+def test_evaluate_with_vllm(run_dir):
+    import json
+
+    from visd.io import checkpoint_hash
+
+    res = run_dir / "results"
+    summary = json.loads((res / "eval" / "phase-1" / "synth.json").read_text())
+    assert summary["policy_hash"] == checkpoint_hash(res / "checkpoints" / "phase-1" / "policy")
+    assert summary["n_items"] == 2 and summary["phase"] == 1 and summary["step"] == 2
+    rows = _rows(res / "eval" / "phase-1" / "synth.parquet")
+    assert rows and all(1 <= r["n_tokens"] <= 8 for r in rows)
+    assert "evaluate" in (run_dir / "logs" / "evaluate" / "phase-1" / "synth.log").read_text()
+
+
 def test_second_run_does_nothing(run_dir):
-    out = snakemake(run_dir, "-n", TARGET).stdout
+    out = snakemake(run_dir, "-n", TARGET, EVAL).stdout
     assert "Nothing to be done" in out, out[-3000:]
