@@ -12,6 +12,8 @@ report: "workflow/report/workflow.rst"
 
 # Validate against workflow/schemas/config.schema.yaml and fill its defaults; errors name the key.
 include: "workflow/rules/common.smk"
+include: "workflow/rules/resources.smk"
+include: "workflow/rules/inputs.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/rollout.smk"

@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rmsd-sft": ("visd.rmsd.stage1", "R-MSD Stage 1: SFT on the best kept teacher response per input"),
     "rmsd-discriminator": ("visd.rmsd.discriminator", "R-MSD: warm up / update the discriminator on teacher-vs-student pairs"),
     "rmsd-reward": ("visd.rmsd.stage2", "R-MSD Stage 2 rewards: a*D + b*R_outer + e*R_task + d*R_content, group advantages"),
+    "plan": ("visd.plan", "jobs per rule, GPU-hours, cache sizes and wall time of a config, before running it"),
     "check-engines": ("visd.check_engines", "compare hf and vllm logprobs on the same prompts and tokens"),
     "audit": ("visd.audit", "query every table under results/ with DuckDB"),
 }

@@ -141,12 +141,41 @@ def reference_model():
 
 
 def accelerate_args(wildcards, threads, resources):
-    """`accelerate launch` flags: one CPU process here; N GPU processes when the rule gets gpus."""
+    """`accelerate launch` flags from the job's resources (workflow/rules/resources.smk).
+
+    - no GPUs (the tiny model): one CPU process;
+    - one node, `gpu` = N: `--num_processes N`, DDP or the sharding of `accelerate_config`;
+    - `nodes` = M > 1 with `gres` = gpu:N per node: this launch only starts `srun`, which runs one
+      `accelerate launch --num_processes M·N --num_machines M` per node, the machine rank from
+      SLURM_NODEID, the main process on the first host of SLURM_JOB_NODELIST (`scontrol show
+      hostnames`). Those variables exist only inside srun's tasks, so `bash -c` expands them there; the
+      training command's own arguments follow as "$@".
+    """
+    import shlex
+
+    conf = getattr(resources, "accelerate_config", "")
+    dist = f"--config_file {shlex.quote(conf)}" if conf else "--multi_gpu"
+    nodes = int(getattr(resources, "nodes", 1) or 1)
+    if nodes > 1:
+        per_node = int(str(resources.gres).rsplit(":", 1)[-1])
+        cpus = getattr(resources, "cpus_per_task", threads)
+        per_node_launch = (
+            "unset ${!ACCELERATE_@}; "  # settings of the outer launch are not the inner one's
+            'main=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$SLURM_STEP_NODELIST}" | head -n1); '
+            f"exec accelerate launch {dist} --num_processes {nodes * per_node} --num_machines {nodes} "
+            '--machine_rank "$SLURM_NODEID" --main_process_ip "$main" '
+            '--main_process_port $((29500 + SLURM_JOB_ID % 1000)) --rdzv_backend static --same_network "$@"'
+        )
+        return (
+            "--num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no --no_python "
+            f"srun --nodes={nodes} --ntasks-per-node=1 --cpus-per-task={cpus} --gres=gpu:{per_node} "
+            f"--kill-on-bad-exit=1 bash -c {shlex.quote(per_node_launch)} visd-train"
+        )
     gpus = int(getattr(resources, "gpu", 0) or 0)
     if gpus > 1:
-        return f"--multi_gpu --num_processes {gpus} --num_machines 1"
+        return f"{dist} --num_processes {gpus} --num_machines 1"
     if gpus == 1:
-        return "--num_processes 1 --num_machines 1"
+        return f"{dist if conf else ''} --num_processes 1 --num_machines 1".lstrip()
     return "--cpu --num_processes 1 --num_machines 1"
 
 

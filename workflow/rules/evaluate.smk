@@ -13,12 +13,15 @@ rule evaluate:
     params:
         cfg=stage_params("evaluate", "evaluate", "prompt"),
         phase=lambda w: tag_phase(w.tag),
+    threads: job_threads("evaluate")
+    resources:
+        **job_resources("evaluate"),
     log:
         "logs/evaluate/{tag}/{bench}.log",
     benchmark:
         "benchmarks/evaluate/{tag}/{bench}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../../envs/eval.yaml"
     shell:
         "visd evaluate --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
         "--policy {input.policy:q} --phase {params.phase} --benchmark {wildcards.bench} "
@@ -37,10 +40,13 @@ rule kl_gap:
         cfg=stage_params("kl_gap", "diagnostics", "prompt", "teacher.hint"),
         baseline=lambda w, input: f"--baseline {input.baseline}" if input.baseline else "",
         phase=lambda w: tag_phase(w.tag),
+    threads: job_threads("kl_gap")
+    resources:
+        **job_resources("kl_gap"),
     log:
         "logs/kl_gap/{tag}.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/eval.yaml"
     shell:
         "visd kl-gap --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
         "--policy {input.policy:q} --phase {params.phase} {params.baseline} --out {output:q} > {log:q} 2>&1"

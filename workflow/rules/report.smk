@@ -54,6 +54,6 @@ rule report:
     log:
         "logs/report/report.log",
     conda:
-        "../../envs/data.yaml"
+        "../../envs/eval.yaml"
     shell:
         "visd report --results {params.results:q} --label {params.label:q} --out {params.out:q} > {log:q} 2>&1"

@@ -34,6 +34,9 @@ if RMSD["enabled"]:
         params:
             cfg=rmsd_params("teacher_sft", seed=config["seed"], sft={**config["sft"], "steps": RMSD["teacher"]["sft_steps"]},
                             prompt=config["prompt"], teacher={"hint": config["teacher"]["hint"]}),
+        threads: job_threads("rmsd_teacher_sft")
+        resources:
+            **job_resources("rmsd_teacher_sft"),
         log:
             "logs/rmsd_teacher_sft/rmsd_teacher_sft.log",
         benchmark:
@@ -54,12 +57,15 @@ if RMSD["enabled"]:
             rejects=res("rejects", "rmsd_pool", "shard-{shard}.parquet"),
         params:
             cfg=rmsd_params("pool", seed=config["seed"], prompt=config["prompt"], **rmsd_slice("teacher", "pool")),
+        threads: job_threads("rmsd_teacher_pool")
+        resources:
+            **job_resources("rmsd_teacher_pool"),
         log:
             "logs/rmsd_teacher_pool/shard-{shard}.log",
         benchmark:
             "benchmarks/rmsd_teacher_pool/shard-{shard}.tsv"
         conda:
-            "../../envs/train.yaml"
+            "../../envs/vllm.yaml"
         shell:
             "visd rmsd-teacher-pool --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
             "--teacher {input.teacher:q} --out {output.pool:q} --rejects {output.rejects:q} --no-progress > {log:q} 2>&1"
@@ -75,6 +81,9 @@ if RMSD["enabled"]:
             metrics=res("metrics", "rmsd-sft.parquet"),
         params:
             cfg=rmsd_params("sft", seed=config["seed"], prompt=config["prompt"], **rmsd_slice("sft")),
+        threads: job_threads("rmsd_sft")
+        resources:
+            **job_resources("rmsd_sft"),
         log:
             "logs/rmsd_sft/rmsd_sft.log",
         benchmark:
@@ -99,6 +108,9 @@ if RMSD["enabled"]:
         params:
             cfg=rmsd_params("discriminator", seed=config["seed"], prompt=config["prompt"],
                             **rmsd_slice("pool", "discriminator")),
+        threads: job_threads("rmsd_discriminator_warmup")
+        resources:
+            **job_resources("rmsd_discriminator_warmup"),
         log:
             "logs/rmsd_discriminator/warmup.log",
         benchmark:
@@ -123,6 +135,9 @@ if RMSD["enabled"]:
         params:
             cfg=rmsd_params("discriminator", seed=config["seed"], prompt=config["prompt"],
                             **rmsd_slice("pool", "discriminator")),
+        threads: job_threads("rmsd_discriminator")
+        resources:
+            **job_resources("rmsd_discriminator"),
         log:
             "logs/rmsd_discriminator/phase-{phase}.log",
         benchmark:
@@ -147,6 +162,9 @@ if RMSD["enabled"]:
             cfg=rmsd_params("reward", seed=config["seed"], prompt=config["prompt"],
                             curriculum={"phases": config["curriculum"]["phases"]},
                             **rmsd_slice("pool", "discriminator", "reward")),
+        threads: job_threads("rmsd_reward")
+        resources:
+            **job_resources("rmsd_reward"),
         log:
             "logs/rmsd_reward/phase-{phase}/shard-{shard}.log",
         benchmark:

@@ -11,12 +11,15 @@ rule rollout:
         rejects=res("rejects", "rollout", "phase-{phase}", "shard-{shard}.parquet"),
     params:
         cfg=stage_params("rollout", "seed", "rollout", "prompt"),
+    threads: job_threads("rollout")
+    resources:
+        **job_resources("rollout"),
     log:
         "logs/rollout/phase-{phase}/shard-{shard}.log",
     benchmark:
         "benchmarks/rollout/phase-{phase}/shard-{shard}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../../envs/vllm.yaml"
     shell:
         "visd rollout --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
         "--policy {input.policy:q} --phase {wildcards.phase} --out {output.rollouts:q} "
@@ -49,12 +52,14 @@ rule judge:
     params:
         cfg=stage_params("judge", "judge"),
         cache=res("judge_cache"),
+    resources:
+        **job_resources("judge"),
     log:
         "logs/judge/phase-{phase}/shard-{shard}.log",
     benchmark:
         "benchmarks/judge/phase-{phase}/shard-{shard}.tsv"
     conda:
-        "../../envs/data.yaml"
+        "../../envs/vllm.yaml"
     shell:
         "visd judge --params {params.cfg:q} --rollouts {input.rollouts:q} --samples {input.samples:q} "
         "--cache-dir {params.cache:q} --out {output.judge:q} > {log:q} 2>&1"

@@ -46,7 +46,7 @@ rule study_summary:
     log:
         "logs/study/summary.log",
     conda:
-        "../../envs/train.yaml"
+        "../../envs/eval.yaml"
     shell:
         "visd study summarize --runs {input.runs:q} --start-eval {input.start:q} --metric {params.metric} "
         "--baseline {params.baseline} --csv {output.csv:q} --json {output.json:q} --png {output.png:q} > {log:q} 2>&1"
@@ -67,7 +67,7 @@ rule study_report:
     log:
         "logs/study/report.log",
     conda:
-        "../../envs/data.yaml"
+        "../../envs/eval.yaml"
     shell:
         "visd report --results {params.main:q} --label {params.label} {params.compare} --out {params.out:q} > {log:q} 2>&1"
 

@@ -11,6 +11,9 @@ rule sft:
         metrics=res("metrics", "sft.parquet"),
     params:
         cfg=stage_params("sft", "seed", "sft", "prompt", "teacher.hint"),
+    threads: job_threads("sft")
+    resources:
+        **job_resources("sft"),
     log:
         "logs/sft/sft.log",
     benchmark:
@@ -36,12 +39,15 @@ rule teacher_logits:
         cfg=stage_params("teacher_logits", "seed", "teacher", "prompt"),
         judge=lambda w, input: f"--judge {input.judge}" if input.judge else "",
         reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
+    threads: job_threads("teacher_logits")
+    resources:
+        **job_resources("teacher_logits"),
     log:
         "logs/teacher_logits/phase-{phase}/shard-{shard}.log",
     benchmark:
         "benchmarks/teacher_logits/phase-{phase}/shard-{shard}.tsv"
     conda:
-        "../../envs/train.yaml"
+        "../../envs/vllm.yaml"
     shell:
         "visd teacher-logits --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
         "--rollouts {input.rollouts:q} {params.judge} --teacher {input.teacher:q} {params.reference} "
@@ -69,6 +75,9 @@ rule train:
         reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
         launch=accelerate_args,
         tensorboard=lambda w: f"logs/tensorboard/phase-{w.phase}",
+    threads: job_threads("train")
+    resources:
+        **train_resources(),
     log:
         "logs/train/phase-{phase}.log",
     benchmark:
