@@ -397,10 +397,7 @@ def main(args: argparse.Namespace) -> int:
         phase = -1 if args.phase == "start" else int(args.phase)
         run(args.samples, args.frames, args.policy, phase, args.benchmark, params, args.out, args.json,
             args.rejects, step=checkpoint_step(args.policy), progress=not args.no_progress)
-    except (cfgmod.ConfigError, EvalError) as e:
-        print(f"visd evaluate: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
+    except (cfgmod.ConfigError, ValueError) as e:  # EvalError is a ValueError
         print(f"visd evaluate: {e}", file=sys.stderr)
         return 2
     return 0
