@@ -165,7 +165,7 @@ def job_counts(cfg: dict) -> dict[str, int]:
     rmsd = cfg.get("rmsd") or {}
     if rmsd.get("enabled"):  # workflow/rules/rmsd.smk: its reward replaces `reward`
         own_teacher = int(rmsd["teacher"]["model"] == "workflow")
-        jobs.update(rmsd_teacher_init=own_teacher, rmsd_teacher_sft=own_teacher, rmsd_teacher_pool=s,
+        jobs.update(rmsd_teacher_init=own_teacher, rmsd_teacher_sft=own_teacher, rmsd_teacher_pool=s, rmsd_pool=s,
                     rmsd_sft=1, rmsd_discriminator_warmup=1, rmsd_discriminator=len(phases),
                     rmsd_reward=jobs.pop("reward"))
     jobs["report"] = 1

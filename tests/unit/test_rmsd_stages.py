@@ -183,17 +183,23 @@ def test_stages_end_to_end(base, world, tmp_path):
 
 
 def test_teacher_pool_stage_counts_fallbacks(base, tmp_path):
-    """The real stage with the hf engine: the random-weight init model as teacher writes no valid response,
-    so every input falls back, is counted in the rejects table and has no best response."""
-    from visd.rmsd.pool import FALLBACK_NO_KEPT, POOL, load_pool, run
+    """The real stages with the hf engine: `rmsd-teacher-pool` samples and scores, `rmsd-pool` selects. The
+    random-weight init model as teacher writes no valid response, so every input falls back, is counted in
+    the rejects table and has no best response."""
+    from visd.rmsd.pool import FALLBACK_NO_KEPT, POOL, RESPONSES, load_pool, sample
+    from visd.rmsd.selection import select
 
-    out, rej = tmp_path / "pool.parquet", tmp_path / "rejects.parquet"
-    stats = run(base["samples"], base["frames"][0], base["init"],
-                {"seed": 0, "prompt": PROMPT, "rmsd": {"pool": {"k": 2, "max_new_tokens": 6}}}, str(out), str(rej),
-                progress=False)
+    responses, out, rej = tmp_path / "responses.parquet", tmp_path / "pool.parquet", tmp_path / "rejects.parquet"
+    params = {"seed": 0, "prompt": PROMPT, "rmsd": {"pool": {"k": 2, "max_new_tokens": 6}}}
+    sampled = sample(base["samples"], base["frames"][0], base["init"], params, str(responses), progress=False)
+    r = pq.read_table(responses)
+    assert r.schema.equals(RESPONSES) and r.num_rows == sampled["responses"] == 2 * sampled["inputs"]
+    stats = select(str(responses), params, str(out), str(rej))
     t = pq.read_table(out)
     assert t.schema.equals(POOL)
     assert stats["responses"] == 2 * stats["inputs"] and t.num_rows == stats["responses"]
+    assert t.column("response").to_pylist() == r.column("response").to_pylist()  # same rows, selection added
+    assert set(t.column("tau").to_pylist()) == {0.3}
     assert sorted(set(t.column("sample_index").to_pylist())) == [0, 1]
     rejects = pq.read_table(rej).to_pylist()
     pool = load_pool([str(out)])

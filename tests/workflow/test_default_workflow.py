@@ -31,10 +31,11 @@ AFTER_PHASES = {"evaluate": 2, "kl_gap": 2, "report": 1}  # what reads the phase
 DOWNSTREAM_OF_FRAMES = {"extract_frames": 2, "sft": 1, **ALL_PHASES, "evaluate": 3, "kl_gap": 3, "report": 1}
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True,
+              configs: tuple[str, ...] = ("config/config.yaml", "small.yaml")) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", "--configfile", "config/config.yaml", "small.yaml", *args,
+        "--cores", "2", "--configfile", *configs, *args,  # (targets: after "--")
     ]
     env = {**__import__("os").environ, "PATH": f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
@@ -43,9 +44,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return r
 
 
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str, **kwargs) -> dict[str, int]:
     """Job counts per rule of a dry run ({} when there is nothing to do)."""
-    out = snakemake(workdir, "-n", *args).stdout
+    out = snakemake(workdir, "-n", *args, **kwargs).stdout
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in out else ""

@@ -1,4 +1,6 @@
-"""`visd rmsd-teacher-pool`: K responses per input from the black-box teacher, scored, filtered and matched.
+"""R-MSD's teacher pool in two stages: `visd rmsd-teacher-pool` samples K responses per input from the
+black-box teacher and scores them (the expensive part, cached once); `visd rmsd-pool` filters and matches
+them with τ and the weighting (cheap: changing τ reruns only this).
 
 METHODS §3, per input x with ground truth y* and teacher responses T_1..T_K:
 
@@ -13,8 +15,10 @@ METHODS §3, per input x with ground truth y* and teacher responses T_1..T_K:
   pairing, and it is counted in ``rejects/rmsd_pool/shard-K.parquet`` (reason ``no_kept_response``).
 * the *best* response (Stage 1) is the kept one with the highest q (ties: lowest sample index).
 
-Output ``rmsd/pool/shard-K.parquet`` (schema :data:`POOL`), one row per (input, sample index). The
-teacher is black-box: only its text is stored and used (the student re-tokenises it).
+Outputs: ``rmsd/responses/shard-K.parquet`` (schema :data:`RESPONSES`: response, validity, metric, q —
+no τ) and ``rmsd/pool/shard-K.parquet`` (schema :data:`POOL`: the same rows plus kept, p, best, fallback,
+τ), one row per (input, sample index). The teacher is black-box: only its text is stored and used (the
+student re-tokenises it).
 
 Pairing (Stage 2): rollout i of input x is paired with ``m(i) ~ p`` drawn from a generator seeded by
 ``(seed, rollout_id)`` (:func:`match_index`), so the discriminator and reward stages agree without sharing
@@ -66,6 +70,9 @@ POOL = pa.schema(
         ("params_hash", pa.string()),
     ]
 )
+
+SELECTION = ("kept", "match_prob", "best", "fallback", "tau", "weighting")  # what `visd rmsd-pool` adds
+RESPONSES = pa.schema([f for f in POOL if f.name not in SELECTION])  # `visd rmsd-teacher-pool`'s table
 
 
 # ============================================================================ filtering and matching (pure)
@@ -140,10 +147,11 @@ def pair_weight(entry: Entry, index: int, weighting: bool = True) -> float:
     return float(entry.quality[index]) if (weighting and entry.closed) else 1.0
 
 
-# ============================================================================ the stage
+# ============================================================================ the stages
 
-def run(samples_path: str, frames_path: str, teacher: str, params: dict, out_path: str,
-        rejects_path: str | None = None, progress: bool = True) -> dict:
+def sample(samples_path: str, frames_path: str, teacher: str, params: dict, out_path: str,
+           rejects_path: str | None = None, progress: bool = True) -> dict:
+    """K teacher responses per input of ``frames_path`` (the splits of ``rmsd.pool.splits``), scored."""
     from visd.engines.base import Sampling, get_engine
     from visd.rollout import build_requests
 
@@ -162,40 +170,32 @@ def run(samples_path: str, frames_path: str, teacher: str, params: dict, out_pat
         tokenizer = AutoTokenizer.from_pretrained(teacher)
     sampling = Sampling(temperature=pc["temperature"], top_p=pc["top_p"], max_new_tokens=pc["max_new_tokens"], seed=seed)
     teacher_id = tc["id"] or f"{engine.name}:{checkpoint_hash(teacher)}"
-    phash = params_hash({"rmsd": {"teacher": tc, "pool": pc}, "prompt": pcfg})
-    rejects = Rejects("rmsd_pool")
+    sampled = {k: pc[k] for k in ("k", "temperature", "top_p", "max_new_tokens", "splits", "epsilon")}
+    phash = params_hash({"rmsd": {"teacher": tc, "pool": sampled}, "prompt": pcfg})
+    rejects = Rejects("rmsd_teacher_pool")
     rows, t0 = [], time.time()
     for req, frow in tqdm(build_requests(tokenizer, samples, frame_rows, pcfg), desc="teacher pool", unit="input",
                           disable=not progress, file=sys.stderr):
         sid = frow["sample_id"]
-        sample = samples[sid]
+        sample_row = samples[sid]
         try:
             group = engine.generate([req], pc["k"], sampling)[0]
         except Exception as e:  # noqa: BLE001 — one bad input never loses the shard
             rejects.add(sid, "generation_failed", f"{type(e).__name__}: {e}", source=frames_path)
             continue
-        scored = []
         for c in group:
-            qd = quality(c.text, sample, pc["epsilon"])
-            scored.append({"sample_id": sid, "task_type": sample["task_type"], "teacher_id": teacher_id,
-                           "sample_index": c.index, "response": c.text, "finish_reason": c.finish_reason,
-                           "n_tokens": len(c.token_ids), "valid": qd["valid"], "metric": qd["metric"],
-                           "metric_value": qd["metric_value"], "quality": qd["q"],
-                           "closed": is_closed(sample["task_type"]), "tau": pc["tau"], "k": pc["k"],
-                           "weighting": pc["weighting"], "params_hash": phash})
-        scored = filter_and_match(scored, pc["tau"], pc["weighting"])
-        if scored and scored[0]["fallback"]:
-            rejects.add(sid, FALLBACK_NO_KEPT, f"input {sid}: none of the {len(scored)} teacher responses reaches "
-                        f"q ≥ τ = {pc['tau']} (qualities {[round(r['quality'], 3) for r in scored]}); excluded from "
-                        "Stage-1 SFT and Stage-2 pairing", field="quality", source=frames_path)
-        rows += scored
-    write_parquet(pa.Table.from_pylist(rows, schema=POOL), out_path)
+            qd = quality(c.text, sample_row, pc["epsilon"])
+            rows.append({"sample_id": sid, "task_type": sample_row["task_type"], "teacher_id": teacher_id,
+                         "sample_index": c.index, "response": c.text, "finish_reason": c.finish_reason,
+                         "n_tokens": len(c.token_ids), "valid": qd["valid"], "metric": qd["metric"],
+                         "metric_value": qd["metric_value"], "quality": qd["q"],
+                         "closed": is_closed(sample_row["task_type"]), "k": pc["k"], "params_hash": phash})
+    write_parquet(pa.Table.from_pylist(rows, schema=RESPONSES), out_path)
     if rejects_path:
         rejects.write(rejects_path)
     n_in = len({r["sample_id"] for r in rows})
-    stats = {"inputs": n_in, "responses": len(rows), "kept": sum(r["kept"] for r in rows),
-             "kept_ratio": sum(r["kept"] for r in rows) / len(rows) if rows else None,
-             "fallback_inputs": rejects.counts().get(FALLBACK_NO_KEPT, 0), "seconds": round(time.time() - t0, 2)}
+    stats = {"inputs": n_in, "responses": len(rows), "valid": sum(r["valid"] for r in rows),
+             "seconds": round(time.time() - t0, 2)}
     print(f"[rmsd-teacher-pool] {rejects.summary(n_in)}; {stats}", file=sys.stderr)
     return stats
 
@@ -205,8 +205,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="results/samples.parquet")
     p.add_argument("--frames", required=True, help="results/frames/shard-K.parquet")
     p.add_argument("--teacher", required=True, help="HF folder of the teacher model")
-    p.add_argument("--out", required=True, help="results/rmsd/pool/shard-K.parquet")
-    p.add_argument("--rejects", help="results/rejects/rmsd_pool/shard-K.parquet")
+    p.add_argument("--out", required=True, help="results/rmsd/responses/shard-K.parquet")
+    p.add_argument("--rejects", help="results/rejects/rmsd_teacher_pool/shard-K.parquet")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -216,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
     except cfgmod.ConfigError as e:
         print(f"visd rmsd-teacher-pool: {e}", file=sys.stderr)
         return 2
-    run(args.samples, args.frames, args.teacher, params, args.out, args.rejects, progress=not args.no_progress)
+    sample(args.samples, args.frames, args.teacher, params, args.out, args.rejects, progress=not args.no_progress)
     return 0
 
 

@@ -1,4 +1,5 @@
 # Path helpers, config validation, canonical per-stage params. No science here: rules call `visd <verb>`.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -221,7 +222,7 @@ def all_targets():
 
 # ------------------------------------------------------------------ R-MSD (workflow/rules/rmsd.smk)
 RMSD = config["rmsd"]
-RMSD_VERSIONS = {"teacher_init": "1", "teacher_sft": "1", "pool": "1", "sft": "1", "discriminator": "1", "reward": "1"}
+RMSD_VERSIONS = {"teacher_init": "1", "teacher_sft": "1", "pool": "2", "select": "1", "sft": "1", "discriminator": "1", "reward": "1"}
 
 
 def rmsd_params(stage, **slices):
@@ -258,3 +259,15 @@ def rmsd_targets():
         return []
     return [*rmsd_pool_shards(), res("models", "rmsd-sft"),
             *[res("rmsd", "discriminator", f"phase-{p}") for p in PHASES]]
+
+
+ABLATION_NAMES = [v["name"] for v in RMSD["ablation"]["variants"]]
+
+
+def ablation_params(name):
+    """The config one R-MSD ablation variant depends on: all of it but the other variants (adding one reruns
+    nothing else)."""
+    ablation = RMSD["ablation"]
+    variants = [v for v in ablation["variants"] if v["name"] == name]
+    return canonical_json({"version": "rmsd_ablation/1", **{k: v for k, v in config.items() if k not in ("study", "rmsd")},
+                           "rmsd": {**RMSD, "ablation": {**ablation, "variants": variants}}})

@@ -1,4 +1,4 @@
-# R-MSD (METHODS §3; `--configfile config/recipes/rmsd.yaml`): teacher pool → Stage-1 SFT → per phase:
+# R-MSD (METHODS §3; `--configfile config/recipes/rmsd.yaml`): teacher responses → pool (τ) → Stage-1 SFT → per phase:
 # rollouts (rollout.smk) → rmsd_reward with D_{P-1} → train (train.smk, recipe grpo, KL to the Stage-1
 # model) and rmsd_discriminator D_P = update(D_{P-1}, phase-P rollouts). Requires the `rmsd` schema section
 # and `start_policy()` returning the Stage-1 model when rmsd.enabled (see README, "R-MSD").
@@ -53,10 +53,12 @@ if RMSD["enabled"]:
             frames=res("frames", "shard-{shard}.parquet"),
             teacher=rmsd_teacher(),
         output:
-            pool=res("rmsd", "pool", "shard-{shard}.parquet"),
-            rejects=res("rejects", "rmsd_pool", "shard-{shard}.parquet"),
+            responses=res("rmsd", "responses", "shard-{shard}.parquet"),
+            rejects=res("rejects", "rmsd_teacher_pool", "shard-{shard}.parquet"),
         params:
-            cfg=rmsd_params("pool", seed=config["seed"], prompt=config["prompt"], **rmsd_slice("teacher", "pool")),
+            cfg=rmsd_params("pool", seed=config["seed"], prompt=config["prompt"],
+                            rmsd={"teacher": RMSD["teacher"],
+                                  "pool": {k: v for k, v in RMSD["pool"].items() if k not in ("tau", "weighting")}}),
         threads: job_threads("rmsd_teacher_pool")
         resources:
             **job_resources("rmsd_teacher_pool"),
@@ -68,7 +70,25 @@ if RMSD["enabled"]:
             "../../envs/vllm.yaml"
         shell:
             "visd rmsd-teacher-pool --params {params.cfg:q} --samples {input.samples:q} --frames {input.frames:q} "
-            "--teacher {input.teacher:q} --out {output.pool:q} --rejects {output.rejects:q} --no-progress > {log:q} 2>&1"
+            "--teacher {input.teacher:q} --out {output.responses:q} --rejects {output.rejects:q} --no-progress > {log:q} 2>&1"
+
+    # τ and the weighting only select among the cached responses: changing them reruns this, not the teacher
+    rule rmsd_pool:
+        input:
+            responses=res("rmsd", "responses", "shard-{shard}.parquet"),
+        output:
+            pool=res("rmsd", "pool", "shard-{shard}.parquet"),
+            rejects=res("rejects", "rmsd_pool", "shard-{shard}.parquet"),
+        params:
+            cfg=rmsd_params("select", rmsd={"pool": {k: RMSD["pool"][k] for k in ("tau", "weighting")}}),
+        localrule: True
+        log:
+            "logs/rmsd_pool/shard-{shard}.log",
+        conda:
+            "../../envs/data.yaml"
+        shell:
+            "visd rmsd-pool --params {params.cfg:q} --responses {input.responses:q} --out {output.pool:q} "
+            "--rejects {output.rejects:q} > {log:q} 2>&1"
 
     rule rmsd_sft:
         input:
@@ -175,3 +195,52 @@ if RMSD["enabled"]:
             "visd rmsd-reward --params {params.cfg:q} --phase {wildcards.phase} --samples {input.samples:q} "
             "--frames {input.frames:q} --rollouts {input.rollouts:q} --pool {input.pool:q} "
             "--discriminator {input.discriminator:q} --out {output.rewards:q} > {log:q} 2>&1"
+
+    # ---------------------------------------------------------------- the ablation table (target rmsd_ablation)
+    # `snakemake --cores all rmsd_ablation --configfile config/config.yaml config/recipes/rmsd.yaml
+    #  config/experiments/rmsd-ablation.yaml`: every variant of rmsd.ablation.variants reads the pool sampled
+    # once at rmsd.pool.k and redoes Stage 1 and Stage 2 in one job (visd rmsd-ablation run).
+    rule rmsd_ablation_run:
+        input:
+            samples=res("samples.parquet"),
+            frames=frame_shards(),
+            responses=expand(res("rmsd", "responses", "shard-{shard}.parquet"), shard=SHARDS),
+            student=rmsd_student_in(),
+        output:
+            done=res("rmsd_ablation", "{variant}", "done.json"),
+        params:
+            cfg=lambda w: ablation_params(w.variant),
+            out_root=lambda w, output: str(Path(output.done).parent),
+        wildcard_constraints:
+            variant="|".join(re.escape(n) for n in ABLATION_NAMES) or "(?!)",
+        threads: 1
+        log:
+            "logs/rmsd_ablation/{variant}.log",
+        benchmark:
+            "benchmarks/rmsd_ablation/{variant}.tsv"
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} visd rmsd-ablation run --params {params.cfg:q} --variant {wildcards.variant} "
+            "--samples {input.samples:q} --frames {input.frames:q} --pool {input.responses:q} --student {input.student:q} "
+            "--out-root {params.out_root:q} --done {output.done:q} > {log:q} 2>&1"
+
+    rule rmsd_ablation_summary:
+        input:
+            runs=expand(res("rmsd_ablation", "{variant}", "done.json"), variant=ABLATION_NAMES),
+        output:
+            csv=res("rmsd_ablation", "ablation.csv"),
+            json=res("rmsd_ablation", "ablation.json"),
+            md=res("rmsd_ablation", "ablation.md"),
+        log:
+            "logs/rmsd_ablation/summary.log",
+        conda:
+            "../../envs/eval.yaml"
+        shell:
+            "visd rmsd-ablation summarize --runs {input.runs:q} --csv {output.csv:q} --json {output.json:q} "
+            "--md {output.md:q} > {log:q} 2>&1"
+
+    rule rmsd_ablation:
+        input:
+            rules.rmsd_ablation_summary.output,
+        default_target: False
