@@ -2,7 +2,9 @@
 
 Each known table becomes a view over its Parquet files (all shards and phases, with ``phase`` and
 ``shard`` columns parsed from the path); ``--sql`` runs any query over them and ``--query NAME`` runs a
-named one. Tables a stage has not written yet are simply absent.
+named one. Tables a stage has not written yet are simply absent, and so are the R-MSD tables (``rmsd_pool``,
+``rmsd_discriminator``) of a run without the R-MSD recipe: a query that names an absent view fails with the
+list of views found.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ TABLES: dict[str, str] = {
     "teacher": "teacher/phase-*/shard-*.parquet",
     "metrics": "metrics/phase-*.parquet",
     "eval": "eval/*/*.parquet",  # eval/start/ (phase -1) and eval/phase-P/
+    # R-MSD (config/recipes/rmsd.yaml); absent from other runs. The discriminator tables carry their own
+    # ``phase`` (0 for the warm-up) and ``kind`` (warmup | online); the path's phase is then ``phase_1``.
+    "rmsd_pool": "rmsd/pool/shard-*.parquet",
+    "rmsd_discriminator": "metrics/rmsd-discriminator-*.parquet",
 }
+RMSD_TAU_GRID = (0.0, 0.2, 0.3, 0.5)  # the τ sweep of the paper's ablation (config/experiments/rmsd-tau*.yaml)
 
 # Columns too heavy to show by default; the view keeps them, `SELECT *` on frames is discouraged.
 QUERIES: dict[str, tuple[str, str]] = {
@@ -102,6 +109,46 @@ QUERIES: dict[str, tuple[str, str]] = {
         "SELECT lo.*, round(last_score - first_score, 3) AS change, fb.usual_verdict "
         "FROM lo LEFT JOIN fb USING (sample_id) ORDER BY change DESC, sample_id",
     ),
+    "rmsd_teacher_quality": (
+        "R-MSD teacher pool per task type: responses, quality q (mean, min, quartiles, max), validity, share cut "
+        "at max_new_tokens, metric, kept ratio at the run's τ, inputs that fell back",
+        "SELECT coalesce(task_type, 'all') AS task_type, coalesce(metric, 'all') AS metric, "
+        "count(DISTINCT sample_id) AS inputs, count(*) AS responses, round(avg(valid::INTEGER), 4) AS valid_rate, "
+        "round(avg((finish_reason = 'length')::INTEGER), 4) AS truncated_rate, "
+        "round(avg(quality), 4) AS q_mean, round(min(quality), 4) AS q_min, "
+        "round(quantile_cont(quality, 0.25), 4) AS q_p25, round(quantile_cont(quality, 0.5), 4) AS q_median, "
+        "round(quantile_cont(quality, 0.75), 4) AS q_p75, round(max(quality), 4) AS q_max, "
+        "round(avg(metric_value), 4) AS metric_mean, round(avg(kept::INTEGER), 4) AS kept_ratio, "
+        "count(DISTINCT sample_id) FILTER (WHERE fallback IS NOT NULL) AS fallback_inputs, "
+        "min(tau) AS tau, max(k) AS k FROM rmsd_pool "
+        "GROUP BY GROUPING SETS ((task_type, metric), ()) ORDER BY grouping(task_type), task_type, metric",
+    ),
+    "rmsd_kept_by_tau": (
+        "R-MSD filter sweep per task type: share of teacher responses with q ≥ τ and of inputs keeping at least "
+        "one, for τ in " + ", ".join(f"{t:g}" for t in RMSD_TAU_GRID) + " (from the stored q), and the run's own "
+        "τ (its stored kept flags)",
+        "WITH grid AS (SELECT unnest([" + ", ".join(f"{t!r}" for t in RMSD_TAU_GRID) + "]::DOUBLE[]) AS tau), "
+        "per_input AS ("
+        "SELECT p.task_type, p.sample_id, g.tau, 'q >= tau' AS source, count(*) AS n, "
+        "count(*) FILTER (WHERE p.quality >= g.tau) AS n_kept FROM rmsd_pool p CROSS JOIN grid g GROUP BY ALL "
+        "UNION ALL "
+        "SELECT task_type, sample_id, tau, 'run (kept flag)' AS source, count(*) AS n, "
+        "count(*) FILTER (WHERE kept) AS n_kept FROM rmsd_pool GROUP BY ALL) "
+        "SELECT coalesce(task_type, 'all') AS task_type, source, tau, count(*) AS inputs, "
+        "sum(n)::BIGINT AS responses, sum(n_kept)::BIGINT AS kept, round(sum(n_kept) / sum(n), 4) AS kept_ratio, "
+        "count(*) FILTER (WHERE n_kept > 0) AS inputs_with_kept, "
+        "round(avg((n_kept > 0)::INTEGER), 4) AS inputs_with_kept_ratio FROM per_input "
+        "GROUP BY GROUPING SETS ((task_type, source, tau), (source, tau)) "
+        "ORDER BY grouping(task_type), task_type, source, tau",
+    ),
+    "rmsd_discriminator_steps": (
+        "R-MSD discriminator per optimizer step, warm-up then each phase: loss, mean D of teacher and student "
+        "responses, their gap and the pairwise accuracy (share of pairs with D(T) > D(S))",
+        "SELECT phase, kind, step, pairs, round(loss, 4) AS loss, round(d_teacher_mean, 4) AS d_teacher, "
+        "round(d_student_mean, 4) AS d_student, round(d_teacher_mean - d_student_mean, 4) AS gap, "
+        "round(pair_accuracy, 4) AS pair_accuracy, round(q_mean, 4) AS q_mean, round(grad_norm, 4) AS grad_norm "
+        "FROM rmsd_discriminator WHERE step IS NOT NULL ORDER BY kind <> 'warmup', phase, step",
+    ),
     "samples_by_task": (
         "samples per split, source and task type",
         "SELECT split, source, task_type, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL",
@@ -168,7 +215,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         rel = con.sql(sql)
     except duckdb.CatalogException as e:
-        print(f"visd audit: {e}\nviews available under {args.results}: {', '.join(found) or 'none'}", file=sys.stderr)
+        absent = [t for t in TABLES if t not in found]
+        print(f"visd audit: {e}\nviews available under {args.results}: {', '.join(found) or 'none'}"
+              + (f"\nnot written by this run: {', '.join(absent)} (rmsd_* only by the R-MSD recipe, "
+                 "config/recipes/rmsd.yaml)" if absent else ""), file=sys.stderr)
         return 2
     except duckdb.Error as e:
         print(f"visd audit: query failed: {e}", file=sys.stderr)

@@ -3,25 +3,29 @@
 Reads only what the stages wrote under a results folder (tables are found like :mod:`visd.audit` does)
 and draws one PNG per figure with a stable name, plus ``index.html`` that references them relatively:
 
-==================  ========================================================================================
-``reward_terms``    mean of every reward term (R1–R7) and the total over each phase's rollouts (± s.e.m.)
-``reward_by_task``  mean total reward per task type and phase
-``lambda``          λ(s) and the learning rate per optimizer step
-``train_losses``    loss terms, gradient norm, PPO ratio range and clip fraction per optimizer step
-``omega_hist``      ω histogram per phase (trainer column ``omega_hist``) and ω min / mean / max per step
-``judge_fields``    share of each category of the judge's four categorical fields, per phase
-``logprob_gap``     engine vs trainer log-probability gap of the sampled tokens, per phase (log scale)
-``eval_metrics``    every benchmark metric (percent) at the start policy and after each phase
-``kl_gap``          teacher–student KL of the diagnostics stage, the share of the start gap closed, margin
-``sft_loss``        SFT warm-up cross-entropy per step
-``compare_reward``  (several runs) reward terms per phase, one line per run
-``compare_eval``    (several runs) eval metrics per phase, one line per run
-==================  ========================================================================================
+======================  ====================================================================================
+``reward_terms``        mean of every reward term (R1–R7) and the total over each phase's rollouts (± s.e.m.)
+``reward_by_task``      mean total reward per task type and phase
+``lambda``              λ(s) and the learning rate per optimizer step
+``train_losses``        loss terms, gradient norm, PPO ratio range and clip fraction per optimizer step
+``omega_hist``          ω histogram per phase (trainer column ``omega_hist``) and ω min / mean / max per step
+``judge_fields``        share of each category of the judge's four categorical fields, per phase
+``logprob_gap``         engine vs trainer log-probability gap of the sampled tokens, per phase (log scale)
+``eval_metrics``        every benchmark metric (percent) at the start policy and after each phase
+``kl_gap``              teacher–student KL of the diagnostics stage, the share of the start gap closed, margin
+``sft_loss``            SFT warm-up cross-entropy per step
+``rmsd_pool_quality``   (R-MSD) teacher quality q per task type, share kept at the run's τ and over τ
+``rmsd_discriminator``  (R-MSD) D(teacher) vs D(student), pairwise accuracy and loss per discriminator step
+``rmsd_sft_loss``       (R-MSD) Stage-1 SFT loss on the best teacher response, and the teacher's own SFT loss
+``rmsd_reward_terms``   (R-MSD) Stage-2 reward terms σ(D), R_outer, R_task, R_content and R per phase
+``compare_reward``      (several runs) reward terms per phase, one line per run
+``compare_eval``        (several runs) eval metrics per phase, one line per run
+======================  ====================================================================================
 
 With several runs (``--compare label=dir``) the single-run figures show the first run. A figure whose
-tables are missing (GRPO has no judge; eval may not have run) is not drawn: the HTML lists it under
-"Not drawn" with the reason, and, so that the set of files is stable for Snakemake, a small placeholder
-PNG carrying the same reason is written under its name.
+tables are missing (GRPO has no judge; eval may not have run; only R-MSD runs have the ``rmsd_*`` tables)
+is not drawn: the HTML lists it under "Not drawn" with the reason, and, so that the set of files is
+stable for Snakemake, a small placeholder PNG carrying the same reason is written under its name.
 
 Python: ``visd.report.run({"visd": "results", "grpo": "results-grpo"}, "results/report")``.
 """
@@ -78,14 +82,39 @@ FIGURES: dict[str, tuple[str, str]] = {
         "KL between the teacher view (hint) and the student view at the start and after each phase, the "
         "share of the start gap closed, and the mean answer margin."
     )),
-    "sft_loss": ("SFT warm-up", "Cross-entropy of the SFT warm-up per step (log scale) and its learning rate."),
+    "sft_loss": ("SFT warm-up", "Cross-entropy of the SFT warm-up per step (log scale when it spans a decade) "
+                                "and its learning rate."),
+    "rmsd_pool_quality": ("R-MSD teacher pool", (
+        "Quality q = 1[valid]·Metric of the K teacher responses per input, by task type: share of responses "
+        "that are invalid, valid with q = 0, below τ, kept (τ ≤ q < 1) and perfect (q = 1), and the share cut "
+        "at the token limit (labels); then the share of "
+        "responses with q ≥ τ and of inputs keeping at least one response as τ varies (dashed: the run's τ)."
+    )),
+    "rmsd_discriminator": ("R-MSD discriminator", (
+        "Per discriminator optimizer step, warm-up (teacher vs Stage-1 student samples) then the online update "
+        "of each phase: mean D_φ of the matched teacher responses and of the student rollouts, the pairwise "
+        "accuracy (share of pairs with D(T) > D(S); 0.5 = chance) and the q-weighted loss q·−log σ(D(T) − D(S))."
+    )),
+    "rmsd_sft_loss": ("R-MSD Stage-1 SFT", (
+        "Cross-entropy of Stage 1 (the student on the best kept teacher response of each input) per step, and "
+        "of the SFT that built the workflow's own teacher (absent for an external teacher); log scale when the "
+        "loss spans a decade."
+    )),
+    "rmsd_reward_terms": ("R-MSD reward terms per phase", (
+        "Mean ± s.e.m. over each phase's rollouts of the Stage-2 terms: the discriminator term d = σ(D_φ(S)) "
+        "(or raw D), R_outer and R_task (format checks), R_content (task metric, closed tasks), the reward "
+        "R = α·d + β·R_outer + η·R_task + δ·R_content, and the raw score D_φ(S); D is the discriminator of "
+        "the previous phase (the warm-up one at P0)."
+    )),
     "compare_reward": ("Method comparison: rewards",
                        "Mean reward terms of each phase's rollouts, one line per run (± s.e.m.)."),
     "compare_eval": ("Method comparison: evaluation",
                      "Benchmark metrics (percent) at the start and after each phase, one line per run."),
 }
 SINGLE_RUN = ("reward_terms", "reward_by_task", "lambda", "train_losses", "omega_hist", "judge_fields",
-              "logprob_gap", "eval_metrics", "kl_gap", "sft_loss")
+              "logprob_gap", "eval_metrics", "kl_gap", "sft_loss", "rmsd_pool_quality", "rmsd_discriminator",
+              "rmsd_sft_loss", "rmsd_reward_terms")
+RMSD_FIGURES = ("rmsd_pool_quality", "rmsd_discriminator", "rmsd_sft_loss", "rmsd_reward_terms")
 COMPARISON = ("compare_reward", "compare_eval")
 
 DPI = 100
@@ -129,9 +158,11 @@ class Run:
             return sorted(rows, key=lambda r: (r.get("global_step") or 0, r.get("phase") or 0))
         return self._once("metrics", load)
 
-    def sft_metrics(self) -> list[dict]:
-        p = self.root / "metrics" / "sft.parquet"
-        return self._once("sft", lambda: pq.read_table(p).to_pylist() if p.exists() else [])
+    def sft_metrics(self, name: str = "sft") -> list[dict]:
+        """Rows of ``metrics/<name>.parquet`` (``sft``, ``rmsd-sft``, ``rmsd-teacher-sft``) by step; [] if absent."""
+        p = self.root / "metrics" / f"{name}.parquet"
+        return self._once(f"metrics:{name}", lambda: sorted(pq.read_table(p).to_pylist(), key=lambda r: r["step"])
+                          if p.exists() else [])
 
     def recipe(self) -> str | None:
         m = self.metrics()
@@ -774,34 +805,279 @@ def fig_kl_gap(run: Run, path: Path) -> None:
     _save(fig, path)
 
 
-def fig_sft_loss(run: Run, path: Path) -> None:
-    rows = run.sft_metrics()
-    if not rows:
-        raise Skip(f"no SFT warm-up metrics under {run.root} (metrics/sft.parquet; sft.enabled false?)")
-    plt = _plt()
+def _loss_panel(ax, rows: list[dict], xlabel: str = "SFT step") -> float:
+    """Cross-entropy per step (log scale when it spans a decade, running mean when long) and its learning rate
+    on a twin axis (a legend note when constant); returns the final loss."""
     x = np.array([r["step"] for r in rows], dtype=float)
     y = np.array([r["loss"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    ax.plot(x, y, color="C0", lw=0.6, alpha=0.4, label="per step")
+    few = len(y) <= 40
+    ax.plot(x, y, color="C0", lw=1.0 if few else 0.6, alpha=1.0 if few else 0.4, marker="o" if few else None, ms=3,
+            label="per step")
     k = max(1, len(y) // 40)
     if k > 1:
         smooth = np.convolve(y, np.ones(k) / k, mode="valid")
         ax.plot(x[k - 1:], smooth, color="C0", lw=1.8, label=f"mean of {k} steps")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(_plain_formatter())
-    ax.yaxis.set_minor_formatter(_plain_formatter(minor=True))
-    ax.set_xlabel("SFT step")
+    pos = y[np.isfinite(y) & (y > 0)]
+    if len(pos) and pos.max() / pos.min() >= 10:  # log scale where the loss spans a decade (else no tick labels)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_formatter())
+        ax.yaxis.set_minor_formatter(_plain_formatter(minor=True))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("cross-entropy (nats / token)")
-    if "lr" in rows[0]:
+    if few:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    lrs = {r.get("lr") for r in rows}
+    if len(lrs) == 1 and None not in lrs:  # a constant learning rate is a legend note, not a curve
+        ax.plot([], [], " ", label=f"learning rate {lrs.pop():.3g} (constant)")
+        ax.legend(loc="upper right")
+    elif "lr" in rows[0]:
         tw = ax.twinx()
-        tw.plot(x, [r["lr"] for r in rows], "C3--", lw=1, label="learning rate")
+        tw.plot(x, [_num(r.get("lr")) for r in rows], "C3--", lw=1, label="learning rate")
         tw.set_ylabel("learning rate", color="C3")
         tw.grid(False)
         tw.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = tw.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, loc="upper right")
-    ax.set_title(f"{run.label}: SFT warm-up ({len(rows)} steps, final loss {y[-1]:.3f})")
+    else:
+        ax.legend(loc="upper right")
+    return float(y[-1])
+
+
+def fig_sft_loss(run: Run, path: Path) -> None:
+    rows = run.sft_metrics()
+    if not rows:
+        raise Skip(f"no SFT warm-up metrics under {run.root} (metrics/sft.parquet; sft.enabled false?)")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    final = _loss_panel(ax, rows)
+    ax.set_title(f"{run.label}: SFT warm-up ({len(rows)} steps, final loss {final:.3f})")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ============================================================================ R-MSD figures (METHODS §3)
+
+# Quality bands of a teacher response, worst to best (colours as the judge categories: red wrong, green good).
+RMSD_Q_BANDS = (("invalid (q = 0)", "#d62728"), ("valid, q = 0", "#e07b00"), ("0 < q < τ", "#f0b323"),
+                ("τ ≤ q < 1", "#98df8a"), ("q = 1", "#2ca02c"))
+RMSD_TASK_ORDER = ("mcq", "numeric", "temporal", "spatial", "spatiotemporal", "open")
+
+
+def _q_band(valid: bool, q: float, tau: float) -> int:
+    if not valid:
+        return 0
+    if q <= 0:
+        return 1
+    return 2 if q < tau else (4 if q >= 1 else 3)
+
+
+def fig_rmsd_pool_quality(run: Run, path: Path) -> None:
+    from visd.audit import RMSD_TAU_GRID
+
+    rows = run.sql("rmsd_pool", "SELECT task_type, sample_id, valid, quality, kept, tau, k, "
+                                "coalesce(finish_reason = 'length', false) FROM rmsd_pool")
+    if not rows:
+        raise Skip(f"the R-MSD pool tables under {run.root} have no rows (every teacher generation failed?)")
+    tau = float(min(r[5] for r in rows))
+    tasks = sorted({r[0] for r in rows}, key=lambda t: (RMSD_TASK_ORDER.index(t) if t in RMSD_TASK_ORDER else 99, t))
+    groups = {t: [r for r in rows if r[0] == t] for t in tasks}
+    groups["all"] = rows
+    names = [*tasks, "all"]
+    plt = _plt()
+    fig, (ab, ar, ai) = plt.subplots(1, 3, figsize=(15, 2.6 + 0.45 * len(names)),
+                                     gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    # left: quality bands per task type (stacked shares of responses)
+    ys = np.arange(len(names))[::-1]
+    left = np.zeros(len(names))
+    for b, (band, color) in enumerate(RMSD_Q_BANDS):
+        share = np.array([np.mean([_q_band(bool(r[2]), float(r[3]), tau) == b for r in groups[n]]) for n in names])
+        fate = "kept" if (b >= 3 or tau <= 0) else "dropped"  # q ≥ τ is kept: everything at τ = 0
+        ab.barh(ys, share, left=left, color=color, label=f"{band.replace('τ', f'τ={tau:g}')}: {fate}", height=0.65,
+                edgecolor="white", lw=0.5)
+        for y, sh, lo in zip(ys, share, left):
+            if sh >= 0.07:
+                ab.text(lo + sh / 2, y, f"{sh:.0%}", ha="center", va="center", fontsize=7)
+        left += share
+    labels = []
+    for n in names:
+        g = groups[n]
+        qm = float(np.mean([float(r[3]) for r in g]))
+        cut = float(np.mean([bool(r[7]) for r in g]))  # responses cut at max_new_tokens (usually invalid)
+        labels.append(f"{n}\n{len({r[1] for r in g})} inputs, {len(g)} resp., mean q {qm:.2f}"
+                      + (f"\n{cut:.0%} cut at max_new_tokens" if cut else ""))
+    ab.set_yticks(ys, labels, fontsize=7)
+    ab.get_yticklabels()[-1].set_weight("bold")
+    ab.set_xlim(0, 1)
+    ab.grid(False)
+    ab.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=7)
+    ab.set_title("quality of the teacher responses (share of responses)")
+    # middle / right: share of responses with q ≥ τ', of inputs with a response q ≥ τ', over τ'
+    grid = np.linspace(0, 1, 101)
+    for i, n in enumerate(names):
+        g = groups[n]
+        q = np.array([float(r[3]) for r in g])
+        best: dict[str, float] = {}
+        for r in g:
+            best[r[1]] = max(best.get(r[1], -1.0), float(r[3]))
+        qb = np.array(list(best.values()))
+        style = {"color": "black", "lw": 2.0} if n == "all" else {"color": f"C{i}", "lw": 1.2}
+        kept = float(np.mean([bool(r[4]) for r in g]))
+        inputs_kept = len({r[1] for r in g if r[4]}) / len(best)
+        ar.plot(grid, [(q >= t).mean() for t in grid], label=f"{n} ({kept:.0%})", **style)
+        ai.plot(grid, [(qb >= t).mean() for t in grid], label=f"{n} ({inputs_kept:.0%})", **style)
+        for ax, v in ((ar, q), (ai, qb)):
+            ax.plot(RMSD_TAU_GRID, [(v >= t).mean() for t in RMSD_TAU_GRID], "o", ms=3.5, color=style["color"])
+    for ax, what in ((ar, "responses with q ≥ τ"), (ai, "inputs keeping ≥ 1 response")):
+        ax.axvline(tau, color="0.3", ls="--", lw=1)
+        ax.text(tau, 1.02, f" run τ = {tau:g}", transform=ax.get_xaxis_transform(), fontsize=7, color="0.3")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel("threshold τ (dots: the audit's grid)")
+        ax.set_ylabel(f"share of {what.split()[0]}")
+        ax.set_title(what, pad=14)
+        ax.legend(title=f"kept at the run's τ = {tau:g} (stored flags)", loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7, title_fontsize=7)
+    k = max(int(r[6]) for r in rows)
+    n_in = len({r[1] for r in rows})
+    kept_all = float(np.mean([bool(r[4]) for r in rows]))
+    fig.suptitle(f"{run.label}: R-MSD teacher pool ({n_in} inputs × K = {k}; τ = {tau:g} keeps {kept_all:.0%} of "
+                 "the responses)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _segments(keys: list) -> list[tuple[Any, int, int]]:
+    """Runs of equal consecutive keys as (key, first index, last index)."""
+    out: list[tuple[Any, int, int]] = []
+    for i, k in enumerate(keys):
+        if out and out[-1][0] == k:
+            out[-1] = (k, out[-1][1], i)
+        else:
+            out.append((k, i, i))
+    return out
+
+
+def fig_rmsd_discriminator(run: Run, path: Path) -> None:
+    cols = run.columns("rmsd_discriminator")
+    need = {"kind", "step", "loss", "d_teacher_mean", "d_student_mean", "pair_accuracy"}
+    if not need <= cols:
+        raise Skip(f"the discriminator metrics under {run.root} have no steps (columns {sorted(cols)}; no "
+                   "teacher–student pairs?)")
+    rows = run.sql("rmsd_discriminator", "SELECT phase, kind, step, loss, d_teacher_mean, d_student_mean, "
+                                         "pair_accuracy FROM rmsd_discriminator WHERE step IS NOT NULL "
+                                         "ORDER BY kind <> 'warmup', phase, step")
+    if not rows:
+        raise Skip("the discriminator metrics tables have no steps (no teacher–student pairs?)")
+    step = np.array([r[2] for r in rows], dtype=float)
+    x = step if np.all(np.diff(step) > 0) else np.arange(1, len(rows) + 1, dtype=float)
+    loss, dt, ds, acc = (np.array([_num(r[i]) for r in rows]) for i in (3, 4, 5, 6))
+    segs = _segments([("warm-up" if r[1] == "warmup" else f"P{int(r[0])}") for r in rows])
+    plt = _plt()
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [1.4, 1, 1]})
+    few = len(x) <= 60
+    mk = {"marker": "o", "ms": 3} if few else {}
+    for ax in (a1, a2, a3):
+        for j, (name, lo, hi) in enumerate(segs):
+            ax.axvspan(x[lo] - 0.5, x[hi] + 0.5, color=PHASE_SHADE[j % 2] if name != "warm-up" else "#e8eef7", zorder=0)
+            if ax is a1:
+                ax.text((x[lo] + x[hi]) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=7, color="0.4")
+    a1.plot(x, dt, color="C2", label="D(teacher response)", **mk)
+    a1.plot(x, ds, color="C3", label="D(student rollout)", **mk)
+    a1.fill_between(x, ds, dt, where=dt >= ds, color="C2", alpha=0.12, interpolate=True)
+    a1.fill_between(x, ds, dt, where=dt < ds, color="C3", alpha=0.12, interpolate=True)
+    a1.set_ylabel("mean D_φ over the batch")
+    a1.legend(loc="upper left")
+    a1.set_title(f"{run.label}: discriminator scores (last step: D(T) − D(S) = {dt[-1] - ds[-1]:.3g})", pad=14)
+    a2.plot(x, acc, color="C0", **mk)
+    k = max(1, len(acc) // 20)
+    if k > 1:
+        a2.plot(x[k - 1:], np.convolve(acc, np.ones(k) / k, mode="valid"), color="C0", lw=2, label=f"mean of {k} steps")
+        a2.legend(loc="lower right")
+    a2.axhline(0.5, color="0.5", ls=":", lw=1)
+    a2.text(x[0], 0.5, "chance", fontsize=7, color="0.4", va="bottom")
+    a2.set_ylim(-0.03, 1.03)
+    a2.set_ylabel("pairwise accuracy\n(share D(T) > D(S))")
+    a3.plot(x, loss, color="k", **mk)
+    a3.axhline(math.log(2), color="0.5", ls=":", lw=1)
+    a3.text(x[0], math.log(2), "log 2 (D(T) = D(S), q = 1)", fontsize=7, color="0.4", va="bottom")
+    a3.set_ylabel("loss q·−log σ(D(T) − D(S))")
+    a3.set_xlabel("discriminator optimizer step (cumulative)")
+    a3.set_ylim(0, 1.15 * max(math.log(2), float(np.nanmax(loss)) if np.isfinite(loss).any() else 0.0))
+    if few:
+        a3.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def fig_rmsd_sft_loss(run: Run, path: Path) -> None:
+    parts = (("rmsd-sft", "Stage 1: student on the best kept teacher response"),
+             ("rmsd-teacher-sft", "the workflow-built teacher's own SFT"))
+    have = {n: run.sft_metrics(n) for n, _ in parts}
+    if not any(have.values()):
+        raise Skip(f"no R-MSD SFT metrics under {run.root} (metrics/rmsd-sft.parquet, "
+                   "metrics/rmsd-teacher-sft.parquet)")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, (name, what) in zip(axes, parts):
+        rows = have[name]
+        if not rows:
+            ax.text(0.5, 0.5, f"no metrics/{name}.parquet\n(an external teacher is not trained here)"
+                    if "teacher" in name else f"no metrics/{name}.parquet", ha="center", va="center",
+                    transform=ax.transAxes, color="0.4")
+            ax.set_title(what)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        final = _loss_panel(ax, rows)
+        ax.set_title(f"{what}\n{len(rows)} steps, loss {rows[0]['loss']:.3f} → {final:.3f}")
+    fig.suptitle(f"{run.label}: R-MSD supervised stages")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+RMSD_REWARD_PANELS = (("d_term", "d = σ(D_φ(S)) (α)"), ("r_outer", "R_outer (β)"), ("r_task", "R_task (η)"),
+                      ("r_content", "R_content (δ)"),
+                      ("total", "R = α·d + β·R_outer + η·R_task + δ·R_content"), ("d_score", "raw D_φ(S)"))
+
+
+def fig_rmsd_reward_terms(run: Run, path: Path) -> None:
+    cols = run.columns("rewards")
+    terms = [(t, name) for t, name in RMSD_REWARD_PANELS if t in cols]
+    if "d_term" not in cols:
+        raise Skip("the rewards tables have no R-MSD columns (d_term, r_outer, r_task, r_content): not an R-MSD run")
+    sel = ", ".join(f"avg({t}), stddev_samp({t}), count({t})" for t, _ in terms)
+    paired = "avg((matched_index IS NOT NULL)::INTEGER)" if "matched_index" in cols else "NULL"
+    rows = run.sql("rewards", f"SELECT phase, {paired}, {sel} FROM rewards WHERE d_term IS NOT NULL "
+                              "GROUP BY phase ORDER BY phase")
+    if not rows:
+        raise Skip("no rewards row has an R-MSD d_term")
+    phases = [int(r[0]) for r in rows]
+    stats = {t: [_mean_sem(*r[2 + 3 * i:5 + 3 * i]) for r in rows] for i, (t, _) in enumerate(terms)}
+    plt = _plt()
+    steps = run.phase_steps()
+    nr, nc = _grid(len(terms), 3)
+    fig, axes = plt.subplots(nr, nc, figsize=(3.8 * nc, 2.7 * nr), squeeze=False)
+    for ax, (t, name) in zip(axes.flat, terms):
+        m = np.array([v[0] for v in stats[t]])
+        e = np.array([v[1] for v in stats[t]])
+        ax.errorbar(phases, m, yerr=e, marker="o", capsize=3, color="black" if t == "total" else "C0")
+        for p, v in zip(phases, m):
+            ax.annotate(f"{v:.3f}", (p, v), textcoords="offset points", xytext=(7, 5), fontsize=7, color="0.2",
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85})
+        ax.set_title(name, weight="bold" if t == "total" else "normal", fontsize=9)
+        _phase_axis(ax, phases, steps)
+        lo, hi = np.nanmin(m - e), np.nanmax(m + e)
+        if t != "d_score" and np.isfinite(lo) and np.isfinite(hi):
+            pad = max(0.05, 0.15 * (hi - lo))
+            ax.set_ylim(max(-0.02, lo - pad), min(1.02, hi + pad) if hi <= 1 else hi + pad)
+    for ax in axes.flat[len(terms):]:
+        ax.set_visible(False)
+    n = sum(v[2] for v in stats["d_term"])
+    share = [r[1] for r in rows if r[1] is not None]
+    note = f"; {1 - float(np.mean(share)):.0%} of rollouts without a teacher pair" if share else ""
+    fig.suptitle(f"{run.label}: R-MSD Stage-2 reward terms per phase (mean ± s.e.m., {n} rollouts{note})")
     fig.tight_layout()
     _save(fig, path)
 
@@ -874,6 +1150,8 @@ SINGLE_FNS: dict[str, Callable[[Run, Path], None]] = {
     "reward_terms": fig_reward_terms, "reward_by_task": fig_reward_by_task, "lambda": fig_lambda,
     "train_losses": fig_train_losses, "omega_hist": fig_omega_hist, "judge_fields": fig_judge_fields,
     "logprob_gap": fig_logprob_gap, "eval_metrics": fig_eval_metrics, "kl_gap": fig_kl_gap, "sft_loss": fig_sft_loss,
+    "rmsd_pool_quality": fig_rmsd_pool_quality, "rmsd_discriminator": fig_rmsd_discriminator,
+    "rmsd_sft_loss": fig_rmsd_sft_loss, "rmsd_reward_terms": fig_rmsd_reward_terms,
 }
 COMPARE_FNS: dict[str, Callable[[list[Run], Path], None]] = {
     "compare_reward": fig_compare_reward, "compare_eval": fig_compare_eval,
@@ -923,9 +1201,37 @@ def summary(run: Run) -> dict[str, str]:
             first, last = min(d), max(d)
             out[f"eval {b}: {k} ({_tag(first)} → {_tag(last)})"] = (
                 f"{d[first]:.1f} → {d[last]:.1f}" if first != last else f"{d[last]:.1f}")
+    out.update(_rmsd_summary(run))
     kl = run.kl_gaps()
     if kl and kl[-1].get("gap_closed") is not None:
         out[f"KL gap closed (after P{kl[-1]['phase']})"] = f"{kl[-1]['gap_closed']:.3f}"
+    return out
+
+
+def _rmsd_summary(run: Run) -> dict[str, str]:
+    """R-MSD rows of the final-metrics table (empty for other runs)."""
+    out: dict[str, str] = {}
+    try:
+        if run.has("rmsd_pool"):
+            n, kept, tau, inputs, with_kept = run.sql(
+                "rmsd_pool", "SELECT count(*), sum(kept::INTEGER), min(tau), count(DISTINCT sample_id), "
+                             "count(DISTINCT sample_id) FILTER (WHERE kept) FROM rmsd_pool")[0]
+            if n:
+                out[f"R-MSD teacher pool kept at τ = {tau:g}"] = (f"{kept / n:.0%} of {n} responses; "
+                                                                  f"{with_kept}/{inputs} inputs keep one")
+        if run.has("rmsd_discriminator") and {"step", "pair_accuracy"} <= run.columns("rmsd_discriminator"):
+            rows = run.sql("rmsd_discriminator", "SELECT pair_accuracy, d_teacher_mean - d_student_mean "
+                                                 "FROM rmsd_discriminator WHERE step IS NOT NULL "
+                                                 "ORDER BY kind <> 'warmup', phase, step")
+            if rows:
+                out["discriminator pair accuracy (first → last step)"] = f"{rows[0][0]:.2f} → {rows[-1][0]:.2f}"
+                out["discriminator D(T) − D(S) (first → last step)"] = f"{rows[0][1]:.3g} → {rows[-1][1]:.3g}"
+    except Exception as e:  # noqa: BLE001 - an odd R-MSD table never breaks the report
+        print(f"[report] {run.label}: R-MSD summary skipped ({type(e).__name__}: {e})", file=sys.stderr)
+    for name, what in (("rmsd-sft", "R-MSD Stage-1 SFT loss"), ("rmsd-teacher-sft", "R-MSD teacher SFT loss")):
+        rows = run.sft_metrics(name)
+        if rows:
+            out[f"{what} (first → last step)"] = f"{rows[0]['loss']:.3f} → {rows[-1]['loss']:.3f}"
     return out
 
 
@@ -1023,7 +1329,10 @@ def run(results_dirs: dict[str, str], out_dir: str, placeholders: bool = True,
 
 
 def _label_of(results: str) -> str:
-    """Default label of ``--results``: the recipe of its metrics, else the folder name."""
+    """Default label of ``--results``: ``rmsd`` when it holds an R-MSD teacher pool (whose policy loss is
+    GRPO's), else the recipe of its metrics, else the folder name."""
+    if any(Path(results).glob("rmsd/pool/shard-*.parquet")):
+        return "rmsd"
     return Run("", Path(results)).recipe() or Path(results).resolve().name
 
 

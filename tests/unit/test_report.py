@@ -1,4 +1,6 @@
-"""visd.report: figures and HTML from small synthetic results folders (every table written here)."""
+"""visd.report: figures and HTML from small synthetic results folders (every table written here; the R-MSD
+pool with the pool stage's own quality / filter / matching functions and schema, the R-MSD rewards with
+the Stage-2 reward functions and schema)."""
 
 import argparse
 import json
@@ -11,10 +13,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.unit.test_audit_rmsd import disc_rows, pool_rows
 from visd import report as R
 from visd import train as T
+from visd.io import write_parquet
 from visd.judge.record import CATEGORICAL_FIELDS
 from visd.rewards import REWARD_TERMS
+from visd.rmsd.pool import POOL
+from visd.rmsd.stage2 import (
+    advantages_by_group,
+    d_term,
+    mix_reward,
+    rmsd_rewards_schema,
+)
 
 TASKS = ("mcq", "numeric", "temporal", "spatial")
 PHASES = (0, 1, 2)
@@ -32,8 +43,9 @@ def _json(obj: dict, path: Path) -> None:
 
 
 def make_results(root: Path, recipe: str = "visd", judge: bool = True, evals: bool = True, kl: bool = True,
-                 sft: bool = True, seed: int = 0) -> Path:
-    """A results folder with the tables the report reads: 8 samples, 3 phases, 2 shards, G = 4."""
+                 sft: bool = True, seed: int = 0, rmsd: bool = False, teacher_sft: bool = True) -> Path:
+    """A results folder with the tables the report reads: 8 samples, 3 phases, 2 shards, G = 4. ``rmsd``
+    adds the R-MSD tables (pool, discriminator and SFT metrics; rewards with the R-MSD columns)."""
     rng = np.random.default_rng(seed)
     samples = [{"sample_id": f"s{i}", "split": "train", "task_type": TASKS[i % len(TASKS)]} for i in range(8)]
     _parquet(samples, root / "samples.parquet")
@@ -50,10 +62,26 @@ def make_results(root: Path, recipe: str = "visd", judge: bool = True, evals: bo
                     terms = {t: float(np.clip(rng.normal(0.3 + 0.1 * p, 0.2), 0, 1)) for t in REWARD_TERMS}
                     rewards.append({"rollout_id": rid, "sample_id": s["sample_id"], "group": s["sample_id"],
                                     "phase": p, **terms, "total": sum(terms.values()), "advantage": 0.0})
+                    if rmsd:  # as visd.rmsd.stage2.run: R = α·σ(D) + β·R_outer + η·R_task + δ·R_content
+                        score = float(rng.normal(-1.0 + 0.5 * p, 0.8))
+                        ro = float(rng.random() < 0.6 + 0.15 * p)
+                        rt = ro * float(rng.random() < 0.8)
+                        iou = s["task_type"] in ("temporal", "spatial")
+                        rc = rt * float(rng.uniform(0.2, 1.0) if iou else rng.random() < 0.5)
+                        m = None if s["sample_id"] == "s0" else int(rng.integers(0, 4))  # s0: a fallback input
+                        rewards[-1].update(progress=p / len(PHASES), d_score=score, d_term=d_term(score), r_outer=ro,
+                                           r_task=rt, r_content=rc, total=mix_reward(d_term(score), ro, rt, rc),
+                                           matched_index=m, matched_quality=None if m is None else 0.8,
+                                           fallback="no_kept_response" if m is None else None, discriminator="d")
                     verdicts.append({"rollout_id": rid, "sample_id": s["sample_id"], "judge_name": "rules",
                                      **{f: str(rng.choice(cats)) for f, cats in CATEGORICAL_FIELDS.items()}})
             _parquet(rollouts, root / "rollouts" / f"phase-{p}" / f"shard-{shard}.parquet")
-            _parquet(rewards, root / "rewards" / f"phase-{p}" / f"shard-{shard}.parquet")
+            if rmsd:
+                advantages_by_group(rewards)
+                write_parquet(pa.Table.from_pylist(rewards, schema=rmsd_rewards_schema()),
+                              root / "rewards" / f"phase-{p}" / f"shard-{shard}.parquet")
+            else:
+                _parquet(rewards, root / "rewards" / f"phase-{p}" / f"shard-{shard}.parquet")
             if judge:
                 _parquet(verdicts, root / "judge" / f"phase-{p}" / f"shard-{shard}.parquet")
         rows = []
@@ -85,6 +113,21 @@ def make_results(root: Path, recipe: str = "visd", judge: bool = True, evals: bo
             _json({"benchmark": "vstar", "kind": "vstar", "phase": p, "step": step, "policy_hash": "abc",
                    "n_items": 10, "metrics": {"Acc": 40.0 + p, "mAM": 10.0 + p, "mLGM": 5.0 + p}},
                   root / "eval" / where / "vstar.json")
+    if rmsd:
+        pool = pool_rows(seed=seed, inputs_per_task=6)
+        ids = sorted({r["sample_id"] for r in pool})
+        for shard in (0, 1):
+            mine = [r for r in pool if ids.index(r["sample_id"]) % 2 == shard]
+            write_parquet(pa.Table.from_pylist(mine, schema=POOL), root / "rmsd" / "pool" / f"shard-{shard}.parquet")
+        for name, rows in disc_rows(steps=(12, 6, 6, 6)).items():
+            write_parquet(pa.Table.from_pylist(rows), root / "metrics" / f"rmsd-discriminator-{name}.parquet")
+        # Stage 1 (visd.rmsd.stage1 rows) and the teacher's SFT (visd.sft rows)
+        _parquet([{"step": i + 1, "loss": 1.9 * 0.8 ** i, "lr": 1e-4, "grad_norm": 1.0, "examples": 16,
+                   "elapsed_s": 1.0 + i} for i in range(3)], root / "metrics" / "rmsd-sft.parquet")
+        if teacher_sft:
+            _parquet([{"step": i + 1, "loss": 7 * 0.995 ** i + float(rng.uniform(0, 0.2)), "lr": 5e-4 * (1 - i / 800),
+                       "grad_norm": 1.0, "teacher_view": 8, "tokens": 900, "tokens_per_s": 5e3, "elapsed_s": 0.1 * i}
+                      for i in range(800)], root / "metrics" / "rmsd-teacher-sft.parquet")
     if kl:
         # as `visd kl-gap` writes them: "phase" is the CLI string ("start", "0", ...)
         _json({"phase": "start", "kl": 0.8, "margin_mean": 1.2, "n_samples": 6}, root / "diagnostics/kl_gap/start.json")
@@ -123,15 +166,18 @@ def full(tmp_path_factory):
 def test_every_figure_of_a_full_run(full):
     res, out = full
     report_dir = Path(out["html"]).parent
-    assert out["skipped"] == {}
-    assert set(out["figures"]) == set(R.SINGLE_RUN)
-    for name in R.SINGLE_RUN:
+    drawn = set(R.SINGLE_RUN) - set(R.RMSD_FIGURES)
+    assert set(out["skipped"]) == set(R.RMSD_FIGURES)  # a VISD run has no R-MSD tables
+    assert "rmsd_pool" in out["skipped"]["rmsd_pool_quality"]
+    assert "not an R-MSD run" in out["skipped"]["rmsd_reward_terms"]
+    assert set(out["figures"]) == drawn
+    for name in R.SINGLE_RUN:  # drawn or placeholder
         check_png(report_dir / f"{name}.png")
     page = Path(out["html"])
     assert page.name == "index.html"
-    assert img_refs(page) == {f"{n}.png" for n in R.SINGLE_RUN}  # relative references only
+    assert img_refs(page) == {f"{n}.png" for n in drawn}  # relative references only
     text = page.read_text()
-    assert "Every figure was drawn." in text
+    assert "R-MSD" not in text.split("<h2>Not drawn</h2>")[0]  # no R-MSD rows in the table of a VISD run
     for caption_start in (R.FIGURES["omega_hist"][1][:30], R.FIGURES["judge_fields"][1][:30]):
         assert caption_start in text
     # final-metrics table: rewards, judge, eval and KL-gap summaries of the run
@@ -192,6 +238,74 @@ def test_method_comparison_and_stale_comparisons_removed(full, tmp_path):
     out = R.run({"visd": str(a), "opsd": str(c)}, str(tmp_path / "report2"), figures=R.COMPARISON)
     assert "compare_eval" in out["skipped"] and "compare_reward" in out["figures"]
     assert not (tmp_path / "report2" / "compare_eval.png").exists()
+
+
+@pytest.fixture(scope="module")
+def rmsd_run(tmp_path_factory):
+    """An R-MSD results folder (GRPO loss on the R-MSD rewards) and its R-MSD figures."""
+    root = tmp_path_factory.mktemp("rmsd")
+    res = make_results(root / "results", recipe="grpo", judge=False, evals=False, kl=False, sft=False, rmsd=True)
+    return res, R.run({"rmsd": str(res)}, str(root / "report"), figures=[*R.RMSD_FIGURES, "reward_terms"])
+
+
+def test_rmsd_figures_and_summary(rmsd_run):
+    from PIL import Image
+
+    res, out = rmsd_run
+    report_dir = Path(out["html"]).parent
+    assert out["skipped"] == {}
+    assert set(out["figures"]) == {*R.RMSD_FIGURES, "reward_terms"}
+    for name in R.RMSD_FIGURES:
+        check_png(report_dir / f"{name}.png")
+        with Image.open(report_dir / f"{name}.png") as im:
+            assert im.width >= 800 and im.height >= 300, (name, im.size)  # a figure, not a placeholder
+    text = Path(out["html"]).read_text()
+    assert img_refs(Path(out["html"])) == {f"{n}.png" for n in (*R.RMSD_FIGURES, "reward_terms")}
+    assert R.FIGURES["rmsd_discriminator"][1][:40] in text
+    # the final-metrics table, against values computed here from the same tables
+    pool = pq.read_table(res / "rmsd" / "pool").to_pylist()
+    kept = sum(r["kept"] for r in pool)
+    inputs = {r["sample_id"] for r in pool}
+    with_kept = {r["sample_id"] for r in pool if r["kept"]}
+    assert f"R-MSD teacher pool kept at τ = 0.3</th><td>{kept / len(pool):.0%} of {len(pool)} responses; " \
+           f"{len(with_kept)}/{len(inputs)} inputs keep one" in text
+    disc = [r for rows in disc_rows(steps=(12, 6, 6, 6)).values() for r in rows]
+    acc = f"{disc[0]['pair_accuracy']:.2f} → {disc[-1]['pair_accuracy']:.2f}"
+    assert f"discriminator pair accuracy (first → last step)</th><td>{acc}" in text
+    assert "R-MSD Stage-1 SFT loss (first → last step)</th><td>1.900 → 1.216" in text
+    assert "R-MSD teacher SFT loss (first → last step)" in text
+    assert R._label_of(str(res)) == "rmsd"  # not the recipe of its metrics (grpo: R-MSD's policy loss)
+
+
+def test_rmsd_reward_terms_are_the_stage2_means(rmsd_run):
+    """The means drawn per phase (Run.sql over the rewards view) equal plain-Python means of the tables."""
+    res, _ = rmsd_run
+    run = R.Run("rmsd", res)
+    rows = [r for p in sorted((res / "rewards").glob("phase-*/shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    for r in rows:  # the table is what the trainer reads: R is the R-MSD mix
+        assert r["total"] == pytest.approx(0.4 * r["d_term"] + 0.1 * r["r_outer"] + 0.1 * r["r_task"]
+                                           + 0.4 * r["r_content"], abs=1e-12)
+    got = run.sql("rewards", "SELECT phase, avg(d_term), avg(r_content), avg(total) FROM rewards GROUP BY 1 ORDER BY 1")
+    for p, d, c, t in got:
+        mine = [r for r in rows if r["phase"] == p]
+        want = [sum(r[k] for r in mine) / len(mine) for k in ("d_term", "r_content", "total")]
+        assert (d, c, t) == pytest.approx(tuple(want), abs=1e-12)
+
+
+def test_rmsd_partial_tables(tmp_path):
+    """An external teacher (no teacher SFT metrics) still gets the Stage-1 panel; discriminator tables without
+    steps (no pairs: the stage writes only a phase column) are listed as not drawn, with a placeholder."""
+    res = make_results(tmp_path / "results", recipe="grpo", judge=False, evals=False, kl=False, sft=False, rmsd=True,
+                       teacher_sft=False)
+    for p in (res / "metrics").glob("rmsd-discriminator-*.parquet"):
+        p.unlink()
+    write_parquet(pa.table({"phase": pa.array([], pa.int64())}), res / "metrics" / "rmsd-discriminator-warmup.parquet")
+    out = R.run({"rmsd": str(res)}, str(tmp_path / "report"), figures=["rmsd_sft_loss", "rmsd_discriminator"])
+    assert set(out["figures"]) == {"rmsd_sft_loss"}
+    assert "no steps" in out["skipped"]["rmsd_discriminator"]
+    for name in ("rmsd_sft_loss", "rmsd_discriminator"):
+        check_png(tmp_path / "report" / f"{name}.png")
+    assert "R-MSD teacher SFT loss" not in Path(out["html"]).read_text()
 
 
 def _cli(argv):

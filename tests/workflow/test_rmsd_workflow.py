@@ -109,10 +109,33 @@ def test_stage1_discriminator_and_stage2_chain(run_dir):
     assert r0 and {r["policy_hash"] for r in r0} == {checkpoint_hash(str(res / "models/rmsd-sft"))}
 
 
+def audit(run_dir, query):
+    import subprocess
+
+    from tests.conftest import visd_bin
+
+    out = subprocess.run([visd_bin(), "audit", "--results", str(run_dir / "results"), "--query", query,
+                          "--format", "json"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def test_report_and_audit_cover_rmsd(run_dir):
     res = run_dir / "results"
     assert (res / "report/index.html").exists()
+    for fig in ("rmsd_pool_quality", "rmsd_discriminator", "rmsd_sft_loss", "rmsd_reward_terms"):
+        assert (res / f"report/{fig}.png").stat().st_size > 10_000, fig
     assert list((res / "eval").glob("*/*.json")), "evaluation ran"
+    pool = rows("rmsd/pool/shard-*.parquet", run_dir)
+    quality = {r["task_type"]: r for r in audit(run_dir, "rmsd_teacher_quality")}
+    assert quality["all"]["responses"] == len(pool)
+    by_tau = {(r["task_type"], r["source"], r["tau"]): r for r in audit(run_dir, "rmsd_kept_by_tau")}
+    for tau in (0.0, 0.2, 0.3, 0.5):
+        share = sum(r["quality"] >= tau for r in pool) / len(pool)
+        assert by_tau["all", "q >= tau", tau]["kept_ratio"] == pytest.approx(share, abs=1e-4), tau
+    assert by_tau["all", "run (kept flag)", 0.0]["kept_ratio"] == pytest.approx(sum(r["kept"] for r in pool) / len(pool), abs=1e-4)
+    steps = audit(run_dir, "rmsd_discriminator_steps")
+    n_steps = sum(len(pq.read_table(p)) for p in res.glob("metrics/rmsd-discriminator-*.parquet"))
+    assert len(steps) == n_steps and steps[0]["kind"] == "warmup"
 
 
 def test_second_run_does_nothing(run_dir):
