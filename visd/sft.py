@@ -11,7 +11,11 @@ Half of the teacher-view examples are *counterfactual*: the hint states another 
 could have (one of a training sample with the same question, else of the same task type) and the target
 reference ends with that answer. A tiny model memorises the few training videos within minutes, after
 which an honest hint carries no information it lacks and nothing teaches it to read the hint; in a
-counterfactual example only the hint predicts the answer.
+counterfactual example only the hint predicts the answer. Optional ``sft`` keys: ``counterfactual`` (that
+share, default 0.5), ``counterfactual_random`` (share of counterfactual answers drawn at random in the
+task's answer format rather than from another sample, whose answers never include the true one),
+``answer_weight`` (loss weight of the answer span of hinted examples, :func:`weighted_sft_loss`), and the
+text-only copy warm-up / mix keys (``copy_*``, :func:`copy_warmup`).
 
 Loss: token-mean cross-entropy of ``reference + <|im_end|>`` given the prompt
 (:func:`visd.losses.sft_cross_entropy`), gradient-norm clip 1.0. Batching, M-RoPE positions, the
@@ -19,7 +23,9 @@ optimizer, the cosine schedule and the checkpoint writer are the trainer's (:mod
 
 Diagnostic (printed and stored in the output's ``visd_train.json``; eval split, never trained on): the
 log-probability of the verified answer span ``<answer>…</answer>`` of the reference, teacher view minus
-student view (:func:`answer_margin`): positive when the model uses the hint.
+student view (:func:`answer_margin`): positive when the model uses the hint; the same on up to 64
+training samples (``answer_margin_train_after``), and the student view's per-token reference NLL
+(``student_reference_nll``: does the student still learn the task).
 """
 
 from __future__ import annotations
@@ -80,10 +86,13 @@ def counterfactual_answers(samples: dict[str, dict], ids: Sequence[str]) -> dict
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star")
-COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix")  # optional ``sft`` keys (defaults below)
+COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix", "counterfactual", "counterfactual_random",
+             "answer_weight")  # optional ``sft`` keys (defaults below)
 COPY_WARMUP_STEPS = 0  # text-only copy warm-up optimizer steps before the SFT (0: off; see copy_warmup)
 COPY_BATCH_SIZE = 32
 COPY_MIX = 0  # text-only copy examples added to every SFT batch
+COUNTERFACTUAL_RANDOM = 0.0  # share of counterfactual answers drawn fresh (random_answer), not from other samples
+ANSWER_WEIGHT = 1.0  # loss weight of the <answer>…</answer> tokens of teacher-view and copy examples
 
 
 def random_answer(task_type: str, rng: np.random.Generator, duration: float = 8.0) -> str:
@@ -179,6 +188,24 @@ def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[
         optimizer.zero_grad(set_to_none=True)
         rows.append({"step": step + 1, "loss": loss.item(), "elapsed_s": time.perf_counter() - t_start})
     return rows
+
+
+def weighted_sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, answer_mask: torch.Tensor,
+                      answer_weight: float) -> torch.Tensor:
+    r"""Token-mean cross-entropy with the ``answer_mask`` tokens (the answer spans of the examples whose hint
+    states the answer) counted ``answer_weight`` times; the denominator stays the number of ``mask``
+    tokens, so the other tokens' gradient is that of :func:`visd.losses.sft_cross_entropy`:
+
+    .. math::  L = \frac{1}{\sum_t m_t} \sum_t (m_t + (w - 1) a_t) \, (-\log p(y_t)).
+
+    A token-mean over ~100-token references gives the few answer tokens only the hint predicts little
+    gradient; ``answer_weight`` 1 is the plain loss."""
+    loss = losses.sft_cross_entropy(logits, targets, mask)
+    a = answer_mask & mask
+    if answer_weight == 1.0 or not bool(a.any()):
+        return loss
+    extra = losses.sft_cross_entropy(logits, targets, a) * a.sum() / mask.sum().clamp_min(1)
+    return loss + (answer_weight - 1.0) * extra
 
 
 def with_answer(reference: str, answer: str) -> str:
@@ -290,10 +317,12 @@ class MarginAccumulator:
         self.tokenizer = tokenizer
         self.ans = {"student": [], "teacher": []}
         self.full = {"student": [], "teacher": []}
+        self.n_tokens: list[int] = []
         self.ids: list[str] = []
 
     def add(self, chunk, completions, z_student, z_teacher) -> None:
         self.ids += list(chunk)
+        self.n_tokens += [len(c) for c in completions]
         for view, z in (("student", z_student), ("teacher", z_teacher)):
             a, f = span_logps(self.tokenizer, z, completions)
             self.ans[view] += a
@@ -309,10 +338,12 @@ class MarginAccumulator:
         nan = float("nan")
         if not len(st):
             return {"n": 0, "margin_mean": nan, "margin_positive": nan, "student_answer_logp": nan,
-                    "teacher_answer_logp": nan, "reference_margin_mean": nan, "reference_margin_positive": nan}
+                    "teacher_answer_logp": nan, "reference_margin_mean": nan, "reference_margin_positive": nan,
+                    "student_reference_nll": nan}
         return {"n": len(st), "margin_mean": float((te - st).mean()), "margin_positive": float(((te - st) > 0).mean()),
                 "student_answer_logp": float(st.mean()), "teacher_answer_logp": float(te.mean()),
-                "reference_margin_mean": float((ft - fs).mean()), "reference_margin_positive": float(((ft - fs) > 0).mean())}
+                "reference_margin_mean": float((ft - fs).mean()), "reference_margin_positive": float(((ft - fs) > 0).mean()),
+                "student_reference_nll": float(-fs.sum() / max(1, sum(self.n_tokens)))}
 
 
 @torch.no_grad()
@@ -339,7 +370,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
 
     raw = dict(params.get("sft") or {})
     copy_cfg = {"copy_warmup_steps": COPY_WARMUP_STEPS, "copy_batch_size": COPY_BATCH_SIZE, "copy_lr": None,
-                "copy_mix": COPY_MIX}
+                "copy_mix": COPY_MIX, "counterfactual": COUNTERFACTUAL, "counterfactual_random": COUNTERFACTUAL_RANDOM,
+                "answer_weight": ANSWER_WEIGHT}
     copy_cfg.update({k: raw.pop(k) for k in COPY_KEYS if k in raw})
     scfg = cfgmod.section("sft", raw)
     components = cfgmod.section("teacher", params.get("teacher"))["hint"]
@@ -356,6 +388,7 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     if not train_ids:
         raise SystemExit(f"visd sft: no train sample with a reference in {samples_path} / {list(frames_paths)}")
     margin_ids = eval_ids[::-(-len(eval_ids) // MARGIN_SAMPLES)] if eval_ids else []
+    train_margin_ids = train_ids[::-(-len(train_ids) // MARGIN_SAMPLES)]
     prompts = SharedPrompts(tokenizer, samples, frames, prompt_cfg, cache_size=4 * (len(train_ids) + len(margin_ids)))
     feedback = perturbed_feedback(samples, train_ids, seed)
     alternatives = counterfactual_answers(samples, train_ids)
@@ -387,10 +420,13 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         rng = np.random.default_rng([seed, 6, step])
         teacher_view = rng.random(bs) < scfg["teacher_view_fraction"]
         with_fb = rng.random(bs) < 0.5
-        swap = rng.random(bs) < COUNTERFACTUAL
-        batch_prompts, targets = [], []
+        swap = rng.random(bs) < float(copy_cfg["counterfactual"])
+        fresh = (rng.random(bs) < float(copy_cfg["counterfactual_random"]) if copy_cfg["counterfactual_random"]
+                 else np.zeros(bs, dtype=bool))  # no draw when off: the default's random stream is unchanged
+        batch_prompts, targets, hinted = [], [], []
         for j, i in enumerate(idx):
             sid = train_ids[i]
+            hinted.append(bool(teacher_view[j]))
             if not teacher_view[j]:
                 batch_prompts.append(prompts.get(sid))
                 targets.append(completions[sid])
@@ -399,8 +435,9 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             # examples state another possible answer as verified and end the reference with it: the
             # answer then follows the hint, not the (memorised) video.
             sample, target = samples[sid], completions[sid]
-            if swap[j] and alternatives[sid]:
-                answer = alternatives[sid][int(rng.integers(len(alternatives[sid])))]
+            if swap[j] and (fresh[j] or alternatives[sid]):
+                answer = (random_answer(sample["task_type"], rng, float(sample.get("duration_s") or 8.0))
+                          if fresh[j] or not alternatives[sid] else alternatives[sid][int(rng.integers(len(alternatives[sid])))])
                 sample = {**sample, "answer": answer}
                 target = example_completion(tokenizer, with_answer(sample["reference"], answer))
             fb = feedback.get(sid) if with_fb[j] else None
@@ -411,13 +448,26 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             p, c, _ = copy_example(tokenizer, samples[sid], rng, components, feedback.get(sid) if rng.random() < 0.5 else None)
             batch_prompts.append(p)
             targets.append(c)
-        batch = T.to_device(T.collate(batch_prompts, targets, pad_id, model.config), device)
+            hinted.append(True)
+        batch = T.collate(batch_prompts, targets, pad_id, model.config)
+        answer_mask = torch.zeros_like(batch.mask)  # answer spans of the rows whose hint states the answer
+        for r, (c, h) in enumerate(zip(targets, hinted)):
+            if h:
+                a, b = answer_span(tokenizer, c)
+                answer_mask[r, a:b] = a > 0 or b < len(c)
+        batch = T.to_device(batch, device)
+        answer_mask = answer_mask.to(device)
         lr = T.lr_at(step, scfg["lr"], scfg["warmup_steps"], scfg["steps"])
         T.set_lr(optimizer, lr)
         with autocast:
             logits = T.completion_logits(model, batch)
-        loss = losses.sft_cross_entropy(logits, batch.tokens, batch.mask)
-        loss.backward()
+        objective = weighted_sft_loss(logits, batch.tokens, batch.mask, answer_mask, float(copy_cfg["answer_weight"]))
+        objective.backward()
+        if float(copy_cfg["answer_weight"]) == 1.0:
+            loss = objective
+        else:  # the logged loss stays the plain token-mean cross-entropy
+            with torch.no_grad():
+                loss = losses.sft_cross_entropy(logits, batch.tokens, batch.mask)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -429,10 +479,12 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     after = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (eval_margin and margin_ids) else None
+    # the same margin on training samples (memorised videos: the student view knows their answers)
+    after_train = answer_margin(model, tokenizer, prompts, train_margin_ids, device=device, components=components) if eval_margin else None
     info = {"role": "sft", "global_step": 0, "sft_steps": scfg["steps"], "batch_size": bs, "lr": scfg["lr"],
             "train_samples": len(train_ids), "final_loss": rows[-1]["loss"] if rows else None,
             "seconds": round(time.perf_counter() - t_start, 1), "answer_margin_before": before,
-            "answer_margin_after": after, "copy_warmup": {**copy_cfg, "seconds": round(t_copy, 1),
+            "answer_margin_after": after, "answer_margin_train_after": after_train, "copy_warmup": {**copy_cfg, "seconds": round(t_copy, 1),
             "final_loss": copy_rows[-1]["loss"] if copy_rows else None, "answer_margin_after": after_copy}}
     T.save_hf_folder(model, policy_in, out, info)
     if metrics_path:

@@ -147,3 +147,41 @@ def test_copy_examples_are_well_formed(tiny_model):
     with torch.no_grad():
         loss = losses.sft_cross_entropy(T.completion_logits(model, batch), batch.tokens, batch.mask)
     assert torch.isfinite(loss)
+
+
+def test_weighted_sft_loss_counts_answer_tokens_w_times():
+    """L = Σ_t (m_t + (w−1) a_t)(−log p(y_t)) / Σ_t m_t; w = 1 is the plain token-mean cross-entropy."""
+    import torch
+
+    from visd import losses
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    targets = torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    answer = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]], dtype=torch.bool)  # [0, 4] lies outside the mask
+    nll = -torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    for w in (1.0, 4.0, 0.0):
+        want = ((mask.float() + (w - 1) * (answer & mask).float()) * nll).sum() / mask.sum()
+        got = sft.weighted_sft_loss(logits, targets, mask, answer, w)
+        assert torch.allclose(got, want, atol=1e-6), (w, got, want)
+    assert torch.equal(sft.weighted_sft_loss(logits, targets, mask, answer, 1.0), losses.sft_cross_entropy(logits, targets, mask))
+    assert torch.allclose(sft.weighted_sft_loss(logits, targets, mask, torch.zeros_like(mask), 5.0),
+                          losses.sft_cross_entropy(logits, targets, mask))
+
+
+def test_counterfactual_answers_exclude_the_true_one_and_random_answers_cover_the_format():
+    """Counterfactual hints from other training samples never state the sample's own answer; fresh random
+    answers (sft.counterfactual_random) do so by chance, so a model that ignores the hint is not taught
+    to avoid the true answer in the teacher view."""
+    rows = {
+        "a": {"question": "Q?", "task_type": "mcq", "answer": "A"},
+        "b": {"question": "Q?", "task_type": "mcq", "answer": "B"},
+        "c": {"question": "Q?", "task_type": "mcq", "answer": "C"},
+        "d": {"question": "How many?", "task_type": "numeric", "answer": "2"},
+        "e": {"question": "How many here?", "task_type": "numeric", "answer": "3"},
+    }
+    alt = sft.counterfactual_answers(rows, sorted(rows))
+    assert alt["a"] == ["B", "C"] and alt["d"] == ["3"] and alt["e"] == ["2"]
+    rng = np.random.default_rng(0)
+    assert {sft.random_answer("mcq", rng) for _ in range(200)} == set("ABCD")
