@@ -23,8 +23,8 @@ The algorithm (METHODS §1, offline form), top to bottom in this file:
              (teacher ``ema`` / ``frozen``) or a no-grad forward of the current weights on the
              teacher view (``live``)
    ``sft``   L = cross-entropy of the sample's reference reasoning (student view), one per group
-   plus ``kl_coef · KL_k3(π_θ ‖ π_ref)`` when ``kl_coef > 0`` (reference log-probs from ``--reference``
-   or from the teacher cache's ``ref_logprob``).
+   plus ``kl_coef · KL_k3(π_θ ‖ π_ref)`` when ``kl_coef > 0`` (reference log-probs from ``--reference``,
+   the teacher cache's ``ref_logprob``, or the rewards table's ``ref_logprob`` — R-MSD caches them there).
 5. AdamW, cosine schedule with linear warm-up over the run's total steps, gradient-norm clipping.
 6. EMA teacher θ_T ← d·θ_T + (1−d)·θ after every optimizer step while the teacher is on
    (``visd`` while λ(s) > 0; ``opsd`` with teacher ``ema``).
@@ -265,6 +265,7 @@ class Rollout:
     advantage: float = 0.0
     teacher: Any = None  # visd.teacher.TeacherTokens or None
     hint: str | None = None  # teacher-view hint (opsd live)
+    ref_logprob: list[float] | None = None  # log π_ref per completion token, cached in the rewards table (R-MSD)
 
 
 def read_rows(paths: Iterable[str], columns: list[str] | None = None) -> list[dict]:
@@ -276,7 +277,9 @@ def read_rows(paths: Iterable[str], columns: list[str] | None = None) -> list[di
 
 def load_groups(rollout_paths: Sequence[str], reward_paths: Sequence[str]) -> dict[str, list[Rollout]]:
     """Rollouts joined with their rewards, grouped by prompt (group-contiguous, sorted by index)."""
-    rewards = {r["rollout_id"]: r for r in read_rows(reward_paths, ["rollout_id", "total", "advantage"])}
+    has_ref = bool(reward_paths) and all("ref_logprob" in pq.read_schema(p).names for p in reward_paths)
+    rewards = {r["rollout_id"]: r for r in read_rows(reward_paths, ["rollout_id", "total", "advantage",
+                                                                    *(["ref_logprob"] if has_ref else [])])}
     groups: dict[str, list[Rollout]] = {}
     cols = ["rollout_id", "sample_id", "group", "index", "completion_ids", "behaviour_logprobs"]
     for p in rollout_paths:
@@ -291,7 +294,7 @@ def load_groups(rollout_paths: Sequence[str], reward_paths: Sequence[str]) -> di
                                  f"{len(lp)} behaviour_logprobs; rerun the rollout stage")
             groups.setdefault(r["group"], []).append(
                 Rollout(r["rollout_id"], r["sample_id"], r["group"], int(r["index"]), ids, lp,
-                        float(rw["total"]), float(rw["advantage"])))
+                        float(rw["total"]), float(rw["advantage"]), ref_logprob=rw.get("ref_logprob")))
     return {g: sorted(v, key=lambda x: x.index) for g, v in sorted(groups.items())}
 
 
@@ -468,7 +471,8 @@ def micro_batch_loss(recipe: str, cfg: dict, logits: torch.Tensor, batch: Batch,
 
     if cfg["kl_coef"] > 0 and recipe != "sft":
         if ref_logp is None:
-            ref_logp = pad_2d([r.teacher.ref_logprob if r.teacher is not None and r.teacher.ref_logprob is not None
+            ref_logp = pad_2d([r.ref_logprob if r.ref_logprob is not None
+                               else r.teacher.ref_logprob if r.teacher is not None and r.teacher.ref_logprob is not None
                                else _missing_ref(r) for r in rollouts], mask.shape, 0.0, torch.float32, device)
         kl = losses.kl_to_reference(logp, ref_logp, mask)
         total = total + w_seq * cfg["kl_coef"] * kl
@@ -500,7 +504,7 @@ def advantages_and_omega(recipe: str, cfg: dict, logits: torch.Tensor, batch: Ba
 
 def _missing_ref(r: Rollout):
     raise SystemExit(f"visd train: train.kl_coef > 0 but rollout {r.rollout_id} has no reference log-probs: pass "
-                     "--reference DIR or a teacher cache with ref_logprob")
+                     "--reference DIR, a teacher cache with ref_logprob, or rewards with ref_logprob (R-MSD)")
 
 
 def pad_2d(rows: Sequence[Sequence[float]], shape, fill, dtype, device) -> torch.Tensor:
@@ -765,7 +769,8 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
     lam_of = lambda s: losses.lambda_at(s, cfg["lam0"], cfg["anneal_steps"]) if recipe == "visd" else 0.0
     lams = [lam_of(start_global + i + 1) for i in range(n_steps)]
     needs_cache = (recipe == "visd" and max(lams) > 0) or (recipe == "opsd" and cfg["opsd"]["teacher"] != "live")
-    if needs_cache or (cfg["kl_coef"] > 0 and reference is None and recipe != "sft"):
+    cached_ref = all(r.ref_logprob is not None for g in groups.values() for r in g)  # R-MSD rewards carry them
+    if needs_cache or (cfg["kl_coef"] > 0 and reference is None and recipe != "sft" and not cached_ref):
         if not teacher_cache:
             raise SystemExit(f"visd train: recipe {recipe} (λ up to {max(lams):.3g}) needs --teacher-cache shards")
         from visd.teacher import load_teacher

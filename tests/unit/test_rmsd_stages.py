@@ -207,3 +207,43 @@ def test_teacher_pool_stage_counts_fallbacks(base, tmp_path):
     assert stats["fallback_inputs"] == len(fell) == len([r for r in rejects if r["reason"] == FALLBACK_NO_KEPT])
     assert all(pool[s].best is None and sum(pool[s].probs) == 0 for s in fell)
     assert all(e.best is not None and sum(e.probs) == pytest.approx(1.0) for s, e in pool.items() if s not in fell)
+
+
+def test_stage2_caches_reference_logprobs_the_trainer_uses(base, world, tmp_path):
+    """rmsd_reward with --reference caches log π_ref of every completion token (checked per rollout against an
+    unbatched float64 forward), and `visd train` with those cached values ends with the same weights as with
+    the live reference model (KL 1e-3 to the Stage-1 model, METHODS §3)."""
+    from visd import train as T
+    from visd.rmsd import discriminator as D
+    from visd.rmsd import stage2
+
+    tok, _, _, _, prompts = world
+    pool, rollouts = _tables(tmp_path, base, world)
+    ref = base["init"]  # any HF folder works as the KL reference
+    d = tmp_path / "d"
+    D.save(D.Discriminator(T.load_model(base["init"])), None, base["init"], d, {"phase": 0, "steps": 0})
+    params = {"seed": 0, "prompt": PROMPT, "curriculum": {"phases": 1}, "rmsd": {"discriminator": {"batch_size": 2}}}
+    out = tmp_path / "rewards.parquet"
+    stage2.run(params, 0, base["samples"], base["frames"], rollouts, [pool], str(d), str(out), reference=ref)
+    rows = pq.read_table(out).to_pylist()
+    model = T.load_model(ref, dtype=torch.float64).eval()
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    ids = {r["rollout_id"]: r["completion_ids"] for r in pq.read_table(rollouts).to_pylist()}
+    for r in rows:
+        b = T.collate([prompts.get(r["sample_id"])], [ids[r["rollout_id"]]], pad, model.config)
+        with torch.no_grad():
+            want = T.token_logprobs(T.completion_logits(model, b).double(), b.tokens)[0]
+        assert len(r["ref_logprob"]) == len(ids[r["rollout_id"]]) and r["reference_hash"]
+        np.testing.assert_allclose(r["ref_logprob"], want.numpy(), atol=2e-4, rtol=1e-4)
+
+    train = {"recipe": "grpo", "lam0": 0.0, "kl_coef": 0.5, "lr": 1e-3, "prompts_per_step": 2, "micro_batch": 3}
+    p = {"seed": 0, "train": train, "curriculum": {"phases": 1}, "rollout": {"group_size": 3}, "prompt": PROMPT}
+    args = (p, 0, base["samples"], base["frames"], [rollouts], [str(out)], base["init"])
+    T.run(*args, str(tmp_path / "live"), reference=ref, progress=False)
+    T.run(*args, str(tmp_path / "cached"), progress=False)
+    live = T.load_model(tmp_path / "live" / "policy").state_dict()
+    cached = T.load_model(tmp_path / "cached" / "policy").state_dict()
+    init = T.load_model(base["init"]).state_dict()
+    assert any(not torch.equal(live[k], init[k]) for k in live)  # it trained
+    for k in live:
+        torch.testing.assert_close(cached[k], live[k], atol=1e-6, rtol=1e-5)

@@ -141,13 +141,13 @@ def run_variant(cfg: dict, samples: str, frames: Sequence[str], pool_paths: Sequ
                                   progress=progress)
         for k in shards:
             if _todo(root, t0, f"phase {phase} reward shard {k}", rw[k]):
-                stage2.run(cfg, phase, samples, list(frames), str(ro[k]), pool, str(d_prev), str(rw[k]))
+                stage2.run(cfg, phase, samples, list(frames), str(ro[k]), pool, str(d_prev), str(rw[k]),
+                           reference=str(s1) if cfg["train"]["kl_coef"] > 0 else None)
         ck = root / "checkpoints" / f"phase-{phase}"
         metrics = root / "metrics" / f"phase-{phase}.parquet"
         if _todo(root, t0, f"phase {phase} train", ck / "policy", metrics):
             train.run(train_params, phase, samples, list(frames), [str(p) for p in ro], [str(p) for p in rw], policy,
-                      str(ck), teacher_in=policy, reference=str(s1) if cfg["train"]["kl_coef"] > 0 else None,
-                      metrics_path=str(metrics), progress=progress)
+                      str(ck), teacher_in=policy, metrics_path=str(metrics), progress=progress)  # KL: cached ref
         d_next = root / "rmsd" / "discriminator" / f"phase-{phase}"
         if _todo(root, t0, f"phase {phase} discriminator", d_next / "visd_discriminator.json"):
             discriminator.run(cfg, phase, samples, list(frames), pool, [str(p) for p in ro], str(d_prev), str(d_next),

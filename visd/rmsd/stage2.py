@@ -43,7 +43,10 @@ from visd.rmsd.quality import content_reward, r_outer, r_task
 
 RMSD_COLUMNS = [("d_score", pa.float64()), ("d_term", pa.float64()), ("r_outer", pa.float64()), ("r_task", pa.float64()),
                 ("r_content", pa.float64()), ("matched_index", pa.int32()), ("matched_quality", pa.float64()),
-                ("fallback", pa.string()), ("discriminator", pa.string())]
+                ("fallback", pa.string()), ("discriminator", pa.string()),
+                # log π_ref(v | student view) of every completion token under the KL reference (the Stage-1
+                # model), cached here so `visd train` needs no live reference (null without --reference)
+                ("ref_logprob", pa.list_(pa.float32())), ("reference_hash", pa.string())]
 
 
 def rmsd_rewards_schema() -> pa.Schema:
@@ -77,8 +80,23 @@ def advantages_by_group(rows: list[dict]) -> None:
         i = j
 
 
+@torch.no_grad()
+def reference_logprobs(model, prompts, sample_ids, completions, pad_id: int, batch_size: int = 16,
+                       device="cpu") -> list[list[float]]:
+    """log π_ref(v_t | student view, v_<t) of every completion token, per completion (no gradient)."""
+    model.eval()
+    out: list[list[float]] = []
+    for i in range(0, len(sample_ids), batch_size):
+        comps = completions[i:i + batch_size]
+        b = T.to_device(T.collate([prompts.get(s) for s in sample_ids[i:i + batch_size]], comps, pad_id, model.config),
+                        device)
+        logp = T.token_logprobs(T.completion_logits(model, b), b.tokens).float().cpu()
+        out += [logp[j, :len(c)].tolist() for j, c in enumerate(comps)]
+    return out
+
+
 def run(params: dict, phase: int, samples_path: str, frames_paths, rollouts_path: str, pool_paths, discriminator: str,
-        out_path: str) -> dict:
+        out_path: str, reference: str | None = None) -> dict:
     from visd.io import checkpoint_hash
     from visd.rmsd import discriminator as D
 
@@ -103,8 +121,16 @@ def run(params: dict, phase: int, samples_path: str, frames_paths, rollouts_path
     scores = D.score(d, prompts, [r["sample_id"] for r in rows], [list(r["completion_ids"]) for r in rows],
                      tokenizer.convert_tokens_to_ids("<|endoftext|>"), cfg["discriminator"]["batch_size"], device)
     d_hash = checkpoint_hash(discriminator)
+    ref_lp, ref_hash = [None] * len(rows), None
+    if reference:
+        ref_model = T.load_model(reference).to(device)
+        ref_lp = reference_logprobs(ref_model, prompts, [r["sample_id"] for r in rows],
+                                    [list(r["completion_ids"]) for r in rows], tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                                    cfg["discriminator"]["batch_size"], device)
+        ref_hash = checkpoint_hash(reference)
+        del ref_model
     out = []
-    for r, s in zip(rows, scores.tolist()):
+    for r, s, lp in zip(rows, scores.tolist(), ref_lp):
         sample = samples[r["sample_id"]]
         terms = compute_rewards(r["completion_text"], sample, progress=progress)
         ro, rt, rc = r_outer(r["completion_text"]), r_task(r["completion_text"], sample), content_reward(r["completion_text"], sample, eps)
@@ -116,7 +142,8 @@ def run(params: dict, phase: int, samples_path: str, frames_paths, rollouts_path
                     "total": mix_reward(dt, ro, rt, rc, w["alpha"], w["beta"], w["eta"], w["delta"]),
                     "d_score": s, "d_term": dt, "r_outer": ro, "r_task": rt, "r_content": rc, "matched_index": m,
                     "matched_quality": e.quality[m] if m is not None else None,
-                    "fallback": e.fallback if e is not None else "no_pool_entry", "discriminator": d_hash})
+                    "fallback": e.fallback if e is not None else "no_pool_entry", "discriminator": d_hash,
+                    "ref_logprob": lp, "reference_hash": ref_hash if lp is not None else None})
     advantages_by_group(out)
     write_parquet(pa.Table.from_pylist(out, schema=rmsd_rewards_schema()), out_path)
     mean = sum(o["total"] for o in out) / len(out) if out else float("nan")
@@ -134,6 +161,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", nargs="+", required=True, help="results/rmsd/pool/shard-*.parquet")
     p.add_argument("--discriminator", required=True, help="D_{P-1} folder (phase 0: the warm-up one)")
     p.add_argument("--out", required=True, help="results/rewards/phase-P/shard-K.parquet")
+    p.add_argument("--reference", default=None,
+                   help="KL reference (the Stage-1 model): cache its log-probs of every completion token")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -143,7 +172,8 @@ def main(args: argparse.Namespace) -> int:
     except cfgmod.ConfigError as e:
         print(f"visd rmsd-reward: {e}", file=sys.stderr)
         return 2
-    run(params, args.phase, args.samples, args.frames, args.rollouts, args.pool, args.discriminator, args.out)
+    run(params, args.phase, args.samples, args.frames, args.rollouts, args.pool, args.discriminator, args.out,
+        reference=args.reference)
     return 0
 
 

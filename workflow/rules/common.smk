@@ -137,8 +137,14 @@ def phase_tables(table, phase):
 
 
 def reference_model():
-    """The frozen reference of the KL term: the start policy (recipes with train.kl_coef > 0)."""
-    return start_policy() if config["train"]["kl_coef"] > 0 else []
+    """The frozen reference of the KL term for `train`: the start policy (recipes with train.kl_coef > 0).
+    None under R-MSD: rmsd_reward caches the Stage-1 model's log-probs in the rewards table instead."""
+    return start_policy() if config["train"]["kl_coef"] > 0 and not config["rmsd"]["enabled"] else []
+
+
+def rmsd_reference():
+    """The KL reference whose log-probs rmsd_reward caches: the Stage-1 model (train.kl_coef > 0)."""
+    return res("models", "rmsd-sft") if config["train"]["kl_coef"] > 0 else []
 
 
 def accelerate_args(wildcards, threads, resources):
@@ -222,7 +228,7 @@ def all_targets():
 
 # ------------------------------------------------------------------ R-MSD (workflow/rules/rmsd.smk)
 RMSD = config["rmsd"]
-RMSD_VERSIONS = {"teacher_init": "1", "teacher_sft": "1", "pool": "2", "select": "1", "sft": "1", "discriminator": "1", "reward": "1"}
+RMSD_VERSIONS = {"teacher_init": "1", "teacher_sft": "1", "pool": "2", "select": "1", "sft": "1", "discriminator": "1", "reward": "2"}
 
 
 def rmsd_params(stage, **slices):

@@ -176,12 +176,14 @@ if RMSD["enabled"]:
             rollouts=res("rollouts", "phase-{phase}", "shard-{shard}.parquet"),
             pool=res("rmsd", "pool", "shard-{shard}.parquet"),
             discriminator=lambda w: discriminator_before(w.phase),
+            reference=rmsd_reference(),
         output:
             rewards=res("rewards", "phase-{phase}", "shard-{shard}.parquet"),
         params:
             cfg=rmsd_params("reward", seed=config["seed"], prompt=config["prompt"],
                             curriculum={"phases": config["curriculum"]["phases"]},
                             **rmsd_slice("pool", "discriminator", "reward")),
+            reference=lambda w, input: f"--reference {input.reference}" if input.reference else "",
         threads: job_threads("rmsd_reward")
         resources:
             **job_resources("rmsd_reward"),
@@ -194,7 +196,7 @@ if RMSD["enabled"]:
         shell:
             "visd rmsd-reward --params {params.cfg:q} --phase {wildcards.phase} --samples {input.samples:q} "
             "--frames {input.frames:q} --rollouts {input.rollouts:q} --pool {input.pool:q} "
-            "--discriminator {input.discriminator:q} --out {output.rewards:q} > {log:q} 2>&1"
+            "--discriminator {input.discriminator:q} {params.reference} --out {output.rewards:q} > {log:q} 2>&1"
 
     # ---------------------------------------------------------------- the ablation table (target rmsd_ablation)
     # `snakemake --cores all rmsd_ablation --configfile config/config.yaml config/recipes/rmsd.yaml
