@@ -48,9 +48,12 @@ EXPECTED_JOBS = {
 ONE_GPU_RULES = ("rollout", "teacher_logits", "evaluate", "kl_gap")
 
 FAKE = {  # stand-ins for the Slurm commands the executor calls
+    # the executor may submit several jobs at once: one lock around the counter and the one-line append
     "sbatch": """#!/bin/bash
+exec 9>>"$FAKE_SLURM/sbatch.lock"; flock 9
 n=$(( $(cat "$FAKE_SLURM/next" 2>/dev/null || echo 100) + 1 )); echo $n > "$FAKE_SLURM/next"
-{ printf '%s\\t' "$n"; printf '%q ' "$@"; echo; } >> "$FAKE_SLURM/sbatch.log"
+line="$(printf '%s\\t' "$n"; printf '%q ' "$@")"
+printf '%s\\n' "$line" >> "$FAKE_SLURM/sbatch.log"
 echo $n
 """,
     "squeue": """#!/bin/sh
