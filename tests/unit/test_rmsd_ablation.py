@@ -103,7 +103,7 @@ def test_cli_refuses_a_variant_larger_than_the_pool(tmp_path, capsys):
     shard = tmp_path / "shard-0.parquet"
     write_parquet(pa.Table.from_pylist(base_rows(), schema=RESPONSES), str(shard))
     params = json.dumps(cfgmod.validate({"rmsd": {"enabled": True}}))
-    args = argparse.Namespace(action="run", params=params, variant="k8", samples="s", frames=["f"], pool=[str(shard)],
+    args = argparse.Namespace(action="run", params=params, variant="k8", samples="s", frames=["f"], responses=[str(shard)],
                               student="m", out_root=str(tmp_path / "out"), done=str(tmp_path / "done.json"),
                               progress=False)
     assert ablation.main(args) == 2

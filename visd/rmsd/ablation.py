@@ -83,7 +83,7 @@ def _evaluate(cfg: dict, samples: str, frames: Sequence[str], policy: str, tag: 
             "score": summary["metrics"].get(cfg["rmsd"]["ablation"]["metric"])}
 
 
-def run_variant(cfg: dict, samples: str, frames: Sequence[str], pool_paths: Sequence[str], student_in: str,
+def run_variant(cfg: dict, samples: str, frames: Sequence[str], response_paths: Sequence[str], student_in: str,
                 out_root: str, progress: bool = False) -> dict:
     """Pool view, Stage 1, discriminator warm-up and every Stage-2 phase of one variant under ``out_root``."""
     from visd import rollout, train
@@ -94,15 +94,15 @@ def run_variant(cfg: dict, samples: str, frames: Sequence[str], pool_paths: Sequ
     pc = cfg["rmsd"]["pool"]
     phases = cfg["curriculum"]["phases"]
     shards = range(len(frames))
-    if len(pool_paths) != len(frames):
-        raise ValueError(f"{len(pool_paths)} pool shards for {len(frames)} frame shards")
+    if len(response_paths) != len(frames):
+        raise ValueError(f"{len(response_paths)} teacher-response shards for {len(frames)} frame shards")
 
     # 1. the variant's pool, one shard per frame shard
     pools = [root / "rmsd" / "pool" / f"shard-{k}.parquet" for k in shards]
     kept = responses = fallbacks = 0
     for k in shards:
-        rows, rejects = select_rows(pq.read_table(pool_paths[k]).to_pylist(), pc["tau"], pc["weighting"],
-                                    source=str(pool_paths[k]), k=pc["k"])
+        rows, rejects = select_rows(pq.read_table(response_paths[k]).to_pylist(), pc["tau"], pc["weighting"],
+                                    source=str(response_paths[k]), k=pc["k"])
         for r in rows:
             r["params_hash"] = params_hash({"base": r["params_hash"], "k": pc["k"], "tau": pc["tau"], "w": pc["weighting"]})
         if _todo(root, t0, f"pool shard {k}", pools[k]):
@@ -212,7 +212,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     r.add_argument("--variant", required=True, help="a name from rmsd.ablation.variants")
     r.add_argument("--samples", required=True)
     r.add_argument("--frames", required=True, nargs="+")
-    r.add_argument("--pool", required=True, nargs="+", help="rmsd/responses/shard-*.parquet, sampled at the largest K")
+    r.add_argument("--responses", required=True, nargs="+", help="rmsd/responses/shard-*.parquet, sampled at the largest K")
     r.add_argument("--student", required=True, help="the checkpoint Stage 1 starts from (models/sft)")
     r.add_argument("--out-root", required=True, help="results/rmsd_ablation/<variant>")
     r.add_argument("--done", required=True, help="JSON written last: the variant's row and eval curve")
@@ -235,13 +235,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"visd rmsd-ablation: {e}", file=sys.stderr)
             return 2
         have = 1 + max(max(pq.read_table(p, columns=["sample_index"]).column(0).to_pylist(), default=-1)
-                       for p in args.pool)
+                       for p in args.responses)
         if cfg["rmsd"]["pool"]["k"] > have:
             print(f"visd rmsd-ablation: variant {args.variant!r} needs K = {cfg['rmsd']['pool']['k']} teacher samples "
-                  f"per input, the pool {args.pool[0]} has {have}; sample it with rmsd.pool.k ≥ "
+                  f"per input, {args.responses[0]} has {have}; sample it with rmsd.pool.k ≥ "
                   f"{cfg['rmsd']['pool']['k']}", file=sys.stderr)
             return 2
-        result = run_variant(cfg, args.samples, args.frames, args.pool, args.student, args.out_root, progress=args.progress)
+        result = run_variant(cfg, args.samples, args.frames, args.responses, args.student, args.out_root, progress=args.progress)
         write_json({"variant": args.variant, "config_hash": params_hash(cfg), **result}, args.done)
         return 0
     runs = [json.loads(Path(p).read_text()) for p in args.runs]

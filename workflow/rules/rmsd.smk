@@ -224,7 +224,7 @@ if RMSD["enabled"]:
             "../../envs/train.yaml"
         shell:
             "OMP_NUM_THREADS={threads} visd rmsd-ablation run --params {params.cfg:q} --variant {wildcards.variant} "
-            "--samples {input.samples:q} --frames {input.frames:q} --pool {input.responses:q} --student {input.student:q} "
+            "--samples {input.samples:q} --frames {input.frames:q} --responses {input.responses:q} --student {input.student:q} "
             "--out-root {params.out_root:q} --done {output.done:q} > {log:q} 2>&1"
 
     rule rmsd_ablation_summary:
