@@ -62,7 +62,7 @@ class Assumptions:
     # prefill / teacher-forced scoring, tokens/s per GPU for a 7 B model
     prefill_tok_s_7b: dict = field(default_factory=lambda: {"vllm": 20000.0, "hf": 10000.0})
     gpu_peak_tflops: float = 989.0  # H100 SXM, bf16 dense
-    train_mfu: float = 0.15  # achieved fraction of peak in the trainer (ZeRO-3, small micro-batches)
+    train_mfu: float = 0.15  # achieved fraction of peak in the trainer (FSDP2 full sharding, small micro-batches)
     train_step_overhead_s: float = 3.0  # optimizer step, parameter gathers, EMA update per step
     startup_s: float = 60.0  # per GPU job: process start, imports
     startup_s_per_b: float = 15.0  # + per billion parameters: loading weights, engine warm-up

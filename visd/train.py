@@ -32,14 +32,17 @@ The algorithm (METHODS §1, offline form), top to bottom in this file:
 Losses are normalised over the *global* optimizer batch exactly as the loss functions define them
 (PPO / KL: token mean per sequence, then mean over sequences; JSD / sampled-token / CE: mean over
 tokens): a micro-batch's loss is weighted by its share of the step's sequences (or tokens) and by the
-world size (DDP averages gradients), so 1 process and N processes give the same update.
+world size (DDP and FSDP average gradients), so 1 process and N processes give the same update.
 
 Outputs (``--out-dir checkpoints/phase-P``)::
 
     trainer_state/latest.json         {"dir": "step-000012", "phase_step": 12, "global_step": 40, ...}
     trainer_state/step-000012/        accelerate save_state (model.safetensors, optimizer.bin,
                                       random_states_<rank>.pkl) + teacher.safetensors (EMA) +
-                                      trainer.json (position, fingerprint) + metrics.parquet
+                                      trainer.json (position, fingerprint) + metrics.parquet;
+                                      sharded runs (train.sharding, visd.sharding): sharded/
+                                      (torch.distributed.checkpoint: model, optimizer, teacher)
+                                      + random_states_<rank>.pkl instead of the first four
     teacher/                          HF folder of the EMA teacher (+ tokenizer files)
     policy/                           HF folder of the policy, written last and atomically;
                                       visd_train.json holds phase, global_step, recipe, hashes
@@ -70,7 +73,7 @@ import pyarrow.parquet as pq
 import torch
 
 from visd import config as cfgmod
-from visd import losses
+from visd import losses, sharding
 from visd.io import (
     checkpoint_hash,
     params_hash,
@@ -236,6 +239,8 @@ def completion_logits(model, batch: Batch) -> torch.Tensor:
     completion[:, ids.shape[1] - (batch.n_keep - 1):] = True
     stray = completion & torch.isin(ids, vision_ids)
     if bool(stray.any()):
+        if hasattr(model, "unshard"):  # FSDP2: the embedding is sharded outside the root forward
+            model.unshard()
         embeds = _unwrap(model).get_input_embeddings()(ids)
         inputs = {**inputs, "input_ids": ids.masked_fill(stray, 0), "inputs_embeds": embeds}
     out = model(**inputs, logits_to_keep=batch.n_keep, use_cache=False)
@@ -560,9 +565,11 @@ def teacher_on(recipe: str, cfg: dict, lam: float) -> bool:
 
 # ============================================================================ checkpoints
 
-def save_hf_folder(model, src_folder: str | os.PathLike, out: str | os.PathLike, info: dict) -> None:
-    """Write ``model`` as an HF folder at ``out`` atomically: weights + config, the tokenizer / processor /
-    generation files copied from ``src_folder``, and ``visd_train.json``."""
+def save_hf_folder(model, src_folder: str | os.PathLike, out: str | os.PathLike, info: dict,
+                   state_dict: dict | None = None) -> None:
+    """Write ``model`` as an HF folder at ``out`` atomically: weights (``state_dict`` if given: the gathered
+    weights of a sharded model) + config, the tokenizer / processor / generation files copied from
+    ``src_folder``, and ``visd_train.json``."""
     out, src = Path(out), Path(src_folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -574,7 +581,7 @@ def save_hf_folder(model, src_folder: str | os.PathLike, out: str | os.PathLike,
             if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in (
                     "config.json", "model.safetensors.index.json", TRAIN_INFO):
                 shutil.copy2(f, tmp / f.name)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         write_json(info, tmp / TRAIN_INFO)
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
@@ -612,9 +619,12 @@ def read_latest(state_root: Path) -> dict | None:
     return latest if (state_root / latest["dir"] / "trainer.json").exists() else None
 
 
-def save_trainer_state(accelerator, state_root: Path, teacher, position: dict, metrics: list[dict]) -> None:
+def save_trainer_state(accelerator, state_root: Path, teacher, position: dict, metrics: list[dict],
+                       sharded: tuple | None = None) -> None:
     """accelerate ``save_state`` (model, optimizer, RNG of every process) + EMA teacher + position +
-    metrics into ``step-NNNNNN/``, then ``latest.json`` is switched atomically and older steps pruned."""
+    metrics into ``step-NNNNNN/``, then ``latest.json`` is switched atomically and older steps pruned.
+    ``sharded`` = (model, optimizer) of an FSDP2 run: model, optimizer and teacher go through
+    ``torch.distributed.checkpoint`` instead (:func:`visd.sharding.save_state`)."""
     from safetensors.torch import save_file
 
     name = f"step-{position['phase_step']:06d}"
@@ -624,10 +634,13 @@ def save_trainer_state(accelerator, state_root: Path, teacher, position: dict, m
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    if sharded:
+        sharding.save_state(tmp, *sharded, teacher, accelerator.process_index)
+    else:
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if teacher is not None:
+        if teacher is not None and not sharded:
             save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()},
                       str(tmp / "teacher.safetensors"))
         write_parquet(pa.Table.from_pylist(metrics) if metrics else pa.table({}), tmp / "metrics.parquet")
@@ -643,11 +656,14 @@ def save_trainer_state(accelerator, state_root: Path, teacher, position: dict, m
     accelerator.wait_for_everyone()
 
 
-def load_trainer_state(accelerator, state_dir: Path, teacher) -> tuple[dict, list[dict]]:
+def load_trainer_state(accelerator, state_dir: Path, teacher, sharded: tuple | None = None) -> tuple[dict, list[dict]]:
     from safetensors.torch import load_file
 
-    accelerator.load_state(str(state_dir))
-    if teacher is not None and (state_dir / "teacher.safetensors").exists():
+    if sharded:
+        sharding.load_state(state_dir, *sharded, teacher, accelerator.process_index)
+    else:
+        accelerator.load_state(str(state_dir))
+    if teacher is not None and not sharded and (state_dir / "teacher.safetensors").exists():
         sd = load_file(str(state_dir / "teacher.safetensors"), device=str(accelerator.device))
         teacher.load_state_dict(sd, strict=False)
     position = json.loads((state_dir / "trainer.json").read_text())
@@ -666,7 +682,7 @@ def _rng_seed(seed: int, phase: int) -> None:
 @dataclass
 class StepContext:
     accelerator: Any
-    model: Any  # as prepared by accelerate (DDP-wrapped with several processes)
+    model: Any  # as prepared by accelerate (DDP-wrapped with several processes), or FSDP2-sharded
     unwrapped: Any
     optimizer: Any
     teacher: Any  # EMA teacher (visd, opsd) or None
@@ -675,6 +691,7 @@ class StepContext:
     cfg: dict  # the train section
     recipe: str
     pad_id: int
+    sharded: bool = False  # FSDP2 (visd.sharding): policy, teacher and reference sharded alike
 
 
 def optimizer_step(ctx: StepContext, step_rollouts: list[Rollout], lam: float) -> tuple[float, StepStats, bool]:
@@ -697,7 +714,9 @@ def optimizer_step(ctx: StepContext, step_rollouts: list[Rollout], lam: float) -
         batch = to_device(collate([ctx.prompts.get(r.sample_id) for r in mb], [r.completion_ids for r in mb],
                                   ctx.pad_id, ctx.unwrapped.config), acc.device, pixel_dtype)
         sync = m == n_micro - 1
-        with acc.no_sync(ctx.model) if (world > 1 and not sync) else _nullcontext():
+        if ctx.sharded:  # FSDP2: reduce-scatter the gradients once, after the last micro-batch
+            ctx.model.set_requires_gradient_sync(sync)
+        with acc.no_sync(ctx.model) if (world > 1 and not sync and not ctx.sharded) else _nullcontext():
             with acc.autocast():
                 logits = completion_logits(ctx.model, batch)  # z^S, live
             teacher_logits = ref_logp = None
@@ -713,11 +732,14 @@ def optimizer_step(ctx: StepContext, step_rollouts: list[Rollout], lam: float) -
             loss = micro_batch_loss(recipe, cfg, logits, batch, mb, lam, norm, stats, weight,
                                     teacher_logits=teacher_logits, ref_logp=ref_logp)
             acc.backward(loss)
-    grad_norm = acc.clip_grad_norm_(ctx.model.parameters(), cfg["max_grad_norm"])
+    if ctx.sharded:
+        grad_norm = sharding.to_float(torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg["max_grad_norm"]))
+    else:
+        grad_norm = acc.clip_grad_norm_(ctx.model.parameters(), cfg["max_grad_norm"])
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     ema = ctx.teacher is not None and teacher_on(recipe, cfg, lam)
-    if ema:  # θ_T ← d·θ_T + (1−d)·θ
+    if ema:  # θ_T ← d·θ_T + (1−d)·θ (sharded: each process on its own shards, no communication)
         ema_update(ctx.teacher, ctx.unwrapped, cfg["ema_decay"])
     return float(grad_norm), stats, ema
 
@@ -739,11 +761,17 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
     recipe = cfg["recipe"]
     cuda = torch.cuda.is_available()
     mp = cfg["mixed_precision"]
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise SystemExit("visd train: DeepSpeed is not supported (the EMA teacher must be sharded like the policy); "
+                         "launch with --config_file config/accelerate/fsdp.yaml (FSDP2) or plain multi-process (DDP)")
+    shard = sharding.wanted(cfg["sharding"], int(os.environ.get("WORLD_SIZE", "1")))
+    if shard:  # the trainer applies fully_shard itself (visd.sharding); accelerate runs plain multi-process
+        os.environ["ACCELERATE_USE_FSDP"] = "false"
     accelerator = Accelerator(cpu=not cuda, mixed_precision=("bf16" if cuda else "no") if mp == "auto" else mp)
     world, main = accelerator.num_processes, accelerator.is_main_process
     log = (lambda msg: print(f"[train] {msg}", file=sys.stderr, flush=True)) if main else (lambda msg: None)
     log(f"phase {phase} recipe {recipe}: world size {world}, device {accelerator.device}, "
-        f"mixed precision {accelerator.mixed_precision}")
+        f"mixed precision {accelerator.mixed_precision}, sharding {'fsdp' if shard else 'none'}")
 
     # ---------------------------------------------------------------- data of the phase
     tokenizer = load_tokenizer(policy_in)
@@ -792,9 +820,16 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
         teacher = load_model(teacher_in or policy_in).to(accelerator.device).eval().requires_grad_(False)
     ref_model = load_model(reference).to(accelerator.device).eval().requires_grad_(False) if (
         reference and cfg["kl_coef"] > 0) else None
-    optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    if shard:  # the same layout for all three, so the EMA update is shard-local
+        bf16 = accelerator.mixed_precision == "bf16"
+        model, teacher, ref_model = (sharding.shard(m, accelerator.device, bf16) if m is not None else None
+                                     for m in (model, teacher, ref_model))
+        optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
+        unwrapped = model
+    else:
+        optimizer = make_optimizer(model, cfg["lr"], cfg["weight_decay"])
+        model, optimizer = accelerator.prepare(model, optimizer)
+        unwrapped = accelerator.unwrap_model(model)
 
     # ---------------------------------------------------------------- resume (same command after a kill)
     out = Path(out_dir)
@@ -803,13 +838,14 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
         "train": cfg, "seed": seed, "phase": phase, "curriculum": curriculum, "prompt": prompt_cfg,
         "policy_in": checkpoint_hash(policy_in), "teacher_in": checkpoint_hash(teacher_in) if teacher_in else None,
         "inputs": [(Path(p).name, os.path.getsize(p)) for p in [*rollout_paths, *reward_paths, *teacher_cache]],
-        "world": world,
+        "world": world, "sharding": shard,
     })
     metrics: list[dict] = []
     phase_step = 0
     latest = read_latest(state_root)
     if latest and latest.get("fingerprint") == fingerprint:
-        position, metrics = load_trainer_state(accelerator, state_root / latest["dir"], teacher)
+        position, metrics = load_trainer_state(accelerator, state_root / latest["dir"], teacher,
+                                               (model, optimizer) if shard else None)
         phase_step = int(position["phase_step"])
         log(f"resumed from {state_root / latest['dir']} at phase step {phase_step}/{n_steps}")
     else:
@@ -819,9 +855,15 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
         prev_latest = read_latest(prev) if phase > 0 else None
         if prev_latest and prev_latest.get("complete"):
             # Adam moments carry across phases (the offline form of one continuous run)
-            optimizer.load_state_dict(torch.load(prev / prev_latest["dir"] / "optimizer.bin", map_location="cpu",
-                                                 weights_only=False))
-            log(f"optimizer state continued from {prev / prev_latest['dir']}")
+            prev_dir = prev / prev_latest["dir"]
+            if (prev_dir / sharding.SHARDED_DIR).is_dir() != shard:
+                log(f"optimizer state not continued: {prev_dir} was saved {'un' if shard else ''}sharded")
+            elif shard:
+                sharding.load_optimizer(prev_dir, model, optimizer)
+                log(f"optimizer state continued from {prev_dir}")
+            else:
+                optimizer.load_state_dict(torch.load(prev_dir / "optimizer.bin", map_location="cpu", weights_only=False))
+                log(f"optimizer state continued from {prev_dir}")
 
     writer = None
     if tensorboard and main:
@@ -830,7 +872,7 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
         writer = SummaryWriter(tensorboard, purge_step=start_global + phase_step + 1)
 
     # ---------------------------------------------------------------- optimisation
-    ctx = StepContext(accelerator, model, unwrapped, optimizer, teacher, ref_model, prompts, cfg, recipe, pad_id)
+    ctx = StepContext(accelerator, model, unwrapped, optimizer, teacher, ref_model, prompts, cfg, recipe, pad_id, shard)
     bar = tqdm(total=n_steps, initial=phase_step, desc=f"train phase {phase} ({recipe})", unit="step",
                disable=not (progress and main), file=sys.stderr)
     for step_idx in range(phase_step, n_steps):
@@ -855,7 +897,8 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
         if (step_idx + 1) % cfg["save_every"] == 0 or done:
             save_trainer_state(accelerator, state_root, teacher,
                                {"phase": phase, "phase_step": step_idx + 1, "n_steps": n_steps, "global_step": s,
-                                "complete": done, "fingerprint": fingerprint, "world": world}, metrics)
+                                "complete": done, "fingerprint": fingerprint, "world": world}, metrics,
+                               (model, optimizer) if shard else None)
     bar.close()
     if writer is not None:
         writer.close()
@@ -866,14 +909,17 @@ def run(params: dict, phase: int, samples_path: str, frames_paths: Sequence[str]
     info = {"phase": phase, "global_step": end_global, "recipe": recipe, "phase_steps": n_steps,
             "policy_in": checkpoint_hash(policy_in), "fingerprint": fingerprint,
             "lambda_last": lams[-1] if lams else 0.0, "lambda_next": lam_of(end_global + 1)}
+    # sharded: gather the full weights onto process 0 (a collective, so every process takes part)
+    teacher_sd = sharding.full_state_dict(teacher) if shard and teacher is not None else None
+    policy_sd = sharding.full_state_dict(model) if shard else None
     if main:
         if teacher is not None:
-            save_hf_folder(teacher, policy_in, out / TEACHER_DIR, {**info, "role": "ema_teacher"})
+            save_hf_folder(teacher, policy_in, out / TEACHER_DIR, {**info, "role": "ema_teacher"}, teacher_sd)
         else:  # no EMA this phase (grpo, λ = 0, opsd frozen / live): the incoming teacher, unchanged
             copy_hf_folder(teacher_in or policy_in, out / TEACHER_DIR, {**info, "role": "teacher_passthrough"})
         if metrics_path:
             write_parquet(pa.Table.from_pylist(metrics), metrics_path)
-        save_hf_folder(unwrapped, policy_in, out / POLICY_DIR, {**info, "role": "policy"})
+        save_hf_folder(unwrapped, policy_in, out / POLICY_DIR, {**info, "role": "policy"}, policy_sd)
         log(f"wrote {out / POLICY_DIR} (global step {end_global}) and {out / TEACHER_DIR}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -127,3 +128,88 @@ def test_second_phase_continues_global_step_lambda_and_optimizer(data, tmp_path)
     # the teacher stops moving once λ = 0: phase-1 teacher = one EMA step from the phase-0 teacher
     t0, t1 = H.load_weights(c0 / "teacher"), H.load_weights(c1 / "teacher")
     assert any(not torch.equal(t0[k], t1[k]) for k in t0)
+
+
+# ---------------------------------------------------------------------------- FSDP2 (train.sharding: fsdp)
+
+def _launch(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(29600 + (os.getpid() + nproc) % 1000), "-m", "visd.train"]
+
+
+def test_fsdp_two_processes_equal_one_process_and_resume(data, tmp_path):
+    """Policy, EMA teacher and optimizer sharded over 2 CPU processes (gloo): the same update as one unsharded
+    process; the sharded trainer state resumes to bit-identical weights; the next phase continues the
+    sharded AdamW moments."""
+    base, phase = data
+    p = _params(prompts_per_step=3, micro_batch=2, save_every=1, sharding="fsdp")
+    p["curriculum"]["steps_per_phase"] = 3
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = H.run_train(H.train_cmd(base, phase, one, p, metrics=one / "m.parquet"))
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert "sharding none" in r1.stderr  # one process has nothing to shard
+    r2 = subprocess.run(_launch(2) + H.train_cmd(base, phase, two, p, metrics=two / "m.parquet"), env=H.env(),
+                        capture_output=True, text=True, timeout=600, check=False)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "world size 2" in r2.stderr and "sharding fsdp" in r2.stderr
+    step_dir = two / "trainer_state" / json.loads((two / "trainer_state" / "latest.json").read_text())["dir"]
+    assert (step_dir / "sharded" / ".metadata").exists() and not (step_dir / "teacher.safetensors").exists()
+    assert {f.name for f in step_dir.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    m1, m2 = pq.read_table(one / "m.parquet").to_pandas(), pq.read_table(two / "m.parquet").to_pandas()
+    assert m2["world_size"].tolist() == [2, 2, 2]
+    for col in ("loss", "grad_norm", "omega_mean", "omega_min", "omega_max", "ratio_mean", "reward_mean"):
+        assert m2[col].tolist() == pytest.approx(m1[col].tolist(), rel=1e-5, abs=1e-7), col
+    init = H.load_weights(base["init"])
+    moved = max(float((H.load_weights(one / "policy")[k] - init[k]).abs().max()) for k in init)
+    diff = _same_weights(one / "policy", two / "policy", atol=1e-5)  # the gathered HF folder, full shapes
+    assert diff < 1e-2 * moved
+    _same_weights(one / "teacher", two / "teacher", atol=1e-6)
+
+    # resume: kill the launcher and both processes once step 1 is saved, rerun: the same weights
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(_launch(2) + H.train_cmd(base, phase, resumed, p, metrics=resumed / "m.parquet"),
+                            env=H.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = resumed / "trainer_state" / "latest.json"
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["phase_step"] >= 1:
+            # the launcher starts its workers in sessions of their own: kill the whole tree, as scancel would
+            for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                child.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    time.sleep(1)
+    killed_at = json.loads(latest.read_text())["phase_step"]
+    assert 1 <= killed_at < 3 and not (resumed / "policy").exists()
+    r = subprocess.run(_launch(2) + H.train_cmd(base, phase, resumed, p, metrics=resumed / "m.parquet"),
+                       env=H.env(), capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at phase step {killed_at}/3" in r.stderr, r.stderr
+    _same_weights(two / "policy", resumed / "policy")  # bit-identical
+    _same_weights(two / "teacher", resumed / "teacher")
+
+    # phase 1 continues the sharded optimizer state of phase 0
+    c1 = tmp_path / "phase-1"
+    r = subprocess.run(_launch(2) + H.train_cmd(base, phase, c1, p, phase=1, policy_in=str(two / "policy"),
+                                                teacher_in=str(two / "teacher")),
+                       env=H.env(), capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "optimizer state continued" in r.stderr
+
+
+def test_sharding_setting_and_deepspeed_refused(data, tmp_path, monkeypatch):
+    from visd import sharding
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not sharding.wanted("fsdp", 1) and sharding.wanted("fsdp", 2)
+    assert not sharding.wanted("auto", 2) and not sharding.wanted("none", 2)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --config_file config/accelerate/fsdp.yaml
+    assert sharding.wanted("auto", 2) and not sharding.wanted("none", 2)
+    base, phase = data
+    r = subprocess.run([sys.executable, "-m", "visd.train", *H.train_cmd(base, phase, tmp_path / "ds", _params())],
+                       env={**H.env(), "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True, check=False)
+    assert r.returncode != 0 and "DeepSpeed is not supported" in r.stderr and "config/accelerate/fsdp.yaml" in r.stderr
+    assert not (tmp_path / "ds").exists()

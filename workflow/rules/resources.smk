@@ -20,7 +20,7 @@ from visd import plan as visd_plan
 os.environ.setdefault("VISD_SOURCE", str(Path(workflow.basedir).resolve()))
 
 SIZING = visd_plan.Assumptions()
-ACCELERATE_CONFIG = str(Path(workflow.basedir, "config", "accelerate", "deepspeed-zero3.yaml").resolve())
+ACCELERATE_CONFIG = str(Path(workflow.basedir, "config", "accelerate", "fsdp.yaml").resolve())
 
 
 def _scaled_runtime(minutes):
