@@ -101,13 +101,13 @@ def test_second_run_has_nothing_to_do(default_run):
 
 
 # ------------------------------------------------------------------ preemption: scancel mid-phase, rerun
-# A small run whose one training phase is long enough to be cancelled in the middle: 300 optimizer steps,
+# A small run whose one training phase is long enough to be cancelled in the middle: 150 optimizer steps,
 # resumable state every 10 steps. No SFT, evaluation or diagnostics (not what is tested here).
 PREEMPT = {
     "data": {"shards": 1, "synth": {"n_videos": 4, "min_duration_s": 2, "max_duration_s": 3}},
     "model": {"tiny": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64}},
     "sft": {"enabled": False},
-    "curriculum": {"phases": 1, "steps_per_phase": 300},
+    "curriculum": {"phases": 1, "steps_per_phase": 150},
     "rollout": {"limit": 4, "max_new_tokens": 12, "group_size": 2},
     "train": {"prompts_per_step": 2, "micro_batch": 4, "save_every": 10, "anneal_steps": 1000, "lr": 1.0e-4},
     "evaluate": {"enabled": False},
