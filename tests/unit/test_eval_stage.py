@@ -163,3 +163,44 @@ def test_run_with_llm_judge_scores_what_answers(base, tmp_path):
     assert what and all(r["judge_score"] in (0, 1) for r in what)
     if summary["kind"].startswith("vstar"):
         assert "vstar/Acc" in summary["metrics"] and summary["metrics"]["vstar/Acc"] == 0.0  # scores < 2 are wrong
+
+
+def test_batched_run_gives_the_rows_of_one_at_a_time(base, tmp_path):
+    """evaluate.batch_size decodes questions together (hf: one padded greedy batch) without changing a row."""
+    tables = {}
+    for size in (1, 8):
+        params = {"evaluate": {"max_new_tokens": 16, "batch_size": size}, "prompt": {"mode": "video"}}
+        stage.run(base["samples"], base["frames"], base["init"], 0, "synth", params, str(tmp_path / f"{size}.parquet"),
+                  str(tmp_path / f"{size}.json"), progress=False)
+        tables[size] = pq.read_table(tmp_path / f"{size}.parquet").to_pylist()
+    assert len(tables[1]) > 8 and {r["variant"] for r in tables[1]} >= {"plain", "chain1_where", "chain2_when"}
+    assert tables[8] == tables[1]
+    assert json.loads((tmp_path / "8.json").read_text()) == json.loads((tmp_path / "1.json").read_text())
+
+
+def test_a_failing_question_is_rejected_alone(base, tmp_path, monkeypatch):
+    real = stage.get_engine
+
+    def get_engine(*a, **kw):
+        engine = real(*a, **kw)
+        generate = engine.generate
+
+        def flaky(reqs, n, sampling):
+            if any(r.request_id.endswith("/chain2_when") for r in reqs):
+                raise RuntimeError("boom")
+            return generate(reqs, n, sampling)
+
+        engine.generate = flaky
+        return engine
+
+    monkeypatch.setattr(stage, "get_engine", get_engine)
+    params = {"evaluate": {"max_new_tokens": 4, "batch_size": 8}, "prompt": {"mode": "video"}}
+    summary = stage.run(base["samples"], base["frames"], base["init"], 0, "synth", params, str(tmp_path / "s.parquet"),
+                        str(tmp_path / "s.json"), str(tmp_path / "rejects.parquet"), progress=False)
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    rejects = pq.read_table(tmp_path / "rejects.parquet").to_pylist()
+    assert rejects and all(r["reason"] == "generation_failed" and "boom" in r["detail"] for r in rejects)
+    assert all(r["id"].endswith("/chain2_when") for r in rejects)
+    assert len(rejects) == sum(r["variant"] == "chain1_where" for r in rows)  # one chain2_when per chain item
+    assert summary["n_questions"] == len(rows) and "chain2_when" not in {r["variant"] for r in rows}
+    assert {r["variant"] for r in rows} == {"plain", "chain1_where"}

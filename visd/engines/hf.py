@@ -6,12 +6,18 @@ sampled token under the *unmodified* model distribution (log-softmax of the raw 
 transformers 5.x does not), and (iii) seeding per request, so a completion does not depend on what else
 was in the batch. The prompt is prefilled once; its KV cache is repeated for the ``n`` samples of the group
 (batched decoding), and for scoring the cache is repeated for the group's completions.
+
+Greedy decoding (temperature 0, one completion per request) can also batch *different* requests
+(:meth:`HFEngine.generate_batch`, used by ``generate`` when the engine's ``batch_size`` > 1): the prompts
+are left-padded into one batch with an attention mask, each row keeps its own M-RoPE ids and its own rope
+delta for the decode steps, and a row leaves the batch as soon as it stops. The tokens are those of the
+one-request path; the logits agree to float rounding only (see :meth:`HFEngine.generate_batch`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -44,9 +50,21 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_p: float, top_k:
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None, seed: int = 0, **_: object):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        device: str | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        **_: object,
+    ):
+        """``batch_size``: requests decoded together by greedy ``generate(requests, 1, ...)`` (1 = one at a time)."""
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+        if int(batch_size) < 1:
+            raise ValueError(f"HFEngine batch_size={batch_size!r}; must be >= 1")
+        self.batch_size = int(batch_size)
         self.model_path = str(model_path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = DTYPES[dtype]
@@ -95,9 +113,63 @@ class HFEngine:
         p = torch.arange(start, start + length, device=self.device) + delta
         return p.view(1, 1, -1).expand(3, batch, -1)
 
+    def _vision_features(self, req: Request) -> dict[int, torch.Tensor]:
+        """Vision-tower outputs of one request, keyed by the pad token they replace (as its own forward computes them)."""
+        cfg, inner = self.model.config, self.model.model
+        out = {}
+        for token, pix, grid, fn in (
+            (cfg.image_token_id, "pixel_values", "image_grid_thw", inner.get_image_features),
+            (cfg.video_token_id, "pixel_values_videos", "video_grid_thw", inner.get_video_features),
+        ):
+            if req.mm.get(pix) is None:
+                continue
+            feats = fn(req.mm[pix].to(self.device, self.dtype), req.mm[grid].to(self.device))
+            feats = getattr(feats, "pooler_output", feats)
+            out[token] = torch.cat(list(feats)) if isinstance(feats, (tuple, list)) else feats
+        return out
+
+    def _batch_prefill(self, requests: Sequence[Request]):
+        """Left-padded prefill of different requests: last logits ``[B, V]``, cache, attention mask, and each
+        row's position of its first generated token (prompt length + its rope delta).
+
+        Each row's prompt sits right-aligned with its own M-RoPE ids (:meth:`positions`); padding gets
+        position 1 and mask 0. The vision tower runs per request, as that request's own forward runs it,
+        and its outputs replace the row's vision pad tokens in the input embeddings.
+        """
+        lens = [len(r.input_ids) for r in requests]
+        width = max(lens)
+        pads = [width - n for n in lens]
+        pad_id = self.stop_ids[0] if self.stop_ids else 0
+        ids = torch.full((len(requests), width), pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(requests), width), dtype=torch.long, device=self.device)
+        pos = torch.ones((3, len(requests), width), dtype=torch.long, device=self.device)  # padding: 1
+        starts = []
+        for b, req in enumerate(requests):
+            ids[b, pads[b] :] = torch.tensor(req.input_ids, dtype=torch.long, device=self.device)
+            mask[b, pads[b] :] = 1
+            p, delta = self.positions(req)
+            pos[:, b, pads[b] :] = p[:, 0]
+            starts.append(lens[b] + delta)
+        embeds = self.model.get_input_embeddings()(ids)
+        for b, req in enumerate(requests):
+            for token, feats in self._vision_features(req).items():
+                where = ids[b] == token
+                where[: pads[b]] = False
+                if int(where.sum()) != feats.shape[0]:
+                    raise ValueError(f"request {req.request_id}: {int(where.sum())} vision pad tokens (id {token}) "
+                                     f"but {feats.shape[0]} vision features; rebuild it with visd.prompts.render")
+                embeds[b, where] = feats.to(embeds.dtype)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float(), out.past_key_values, mask, starts
+
     # ------------------------------------------------------------------ interface
     @torch.no_grad()
     def generate(self, requests: Sequence[Request], n: int, sampling: Sampling) -> list[list[Completion]]:
+        if n == 1 and sampling.temperature <= 0 and self.batch_size > 1 and len(requests) > 1:
+            out: list[list[Completion]] = []
+            for i in range(0, len(requests), self.batch_size):
+                out.extend([c] for c in self.generate_batch(requests[i : i + self.batch_size], sampling))
+            return out
         stops = torch.tensor(sorted(set(self.stop_ids) | set(sampling.stop_token_ids)), device=self.device)
         results = []
         for req in requests:
@@ -141,6 +213,73 @@ class HFEngine:
                 )
             results.append(group)
         return results
+
+    @torch.no_grad()
+    def generate_batch(self, requests: Sequence[Request], sampling: Sampling) -> list[Completion]:
+        """One completion per request, the requests decoded together in one left-padded batch.
+
+        Each row draws its token with its own request-seeded generator through the same operations as
+        ``generate(..., n=1)`` and leaves the batch when it emits a stop token or reaches ``max_new_tokens``.
+        The logits are not bitwise those of the one-request path: a decode step of one request multiplies
+        ``[1, H]`` activations (a GEMV in the BLAS), a batch ``[B, H]`` ones (a GEMM), and the two sum in a
+        different order; padded attention under a mask does the same. The difference is a few float32 ulps
+        (5e-7 to 7e-6 in log-probabilities on the tiny models), so a greedy token can differ only where the
+        top two logits are that close. ``generate`` therefore batches only greedy calls: a sampled token would
+        depend on the batch through these ulps wherever its uniform draw falls near a CDF boundary, and the
+        contract is that a seeded completion does not depend on what else was in the batch.
+        """
+        if not requests:
+            return []
+        stops = set(self.stop_ids) | set(sampling.stop_token_ids)
+        gens = [torch.Generator(device=self.device).manual_seed(request_seed(sampling.seed, r.request_id))
+                for r in requests]
+        logits, past, mask, starts = self._batch_prefill(requests)
+        tokens: list[list[int]] = [[] for _ in requests]
+        logps: list[list[float]] = [[] for _ in requests]
+        finish: list[str | None] = [None] * len(requests)
+        active = list(range(len(requests)))  # request index of each batch row
+        for t in range(sampling.max_new_tokens):
+            nxt = []
+            for row, r in enumerate(active):
+                z = logits[row : row + 1]
+                behaviour = torch.log_softmax(z, dim=-1)
+                tok = torch.multinomial(
+                    torch.softmax(filter_logits(z, sampling.temperature, sampling.top_p, sampling.top_k), dim=-1),
+                    1,
+                    generator=gens[r],
+                )
+                tokens[r].append(int(tok))
+                logps[r].append(float(behaviour.gather(1, tok)))
+                nxt.append(tok)
+                if int(tok) in stops:
+                    finish[r] = "stop"
+                elif t + 1 == sampling.max_new_tokens:
+                    finish[r] = "length"
+            keep = [row for row, r in enumerate(active) if finish[r] is None]
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch
+                idx = torch.tensor(keep, device=self.device)
+                past.batch_select_indices(idx)
+                mask = mask[idx]
+                active, nxt = [active[i] for i in keep], [nxt[i] for i in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            pos = torch.tensor([starts[r] + t for r in active], device=self.device).view(1, -1, 1).expand(3, -1, 1)
+            out = self.model(
+                input_ids=torch.cat(nxt), position_ids=pos, past_key_values=past, attention_mask=mask, use_cache=True
+            )
+            past, logits = out.past_key_values, out.logits[:, -1].float()
+        return [
+            Completion(
+                request_id=req.request_id,
+                index=0,
+                token_ids=tokens[r],
+                logprobs=logps[r],
+                text=self.tokenizer.decode(tokens[r], skip_special_tokens=True),
+                finish_reason=finish[r] or "length",
+            )
+            for r, req in enumerate(requests)
+        ]
 
     @torch.no_grad()
     def score(self, requests: Sequence[Request], completions: Sequence[Sequence[int]], top_k: int) -> list[ScoreResult]:

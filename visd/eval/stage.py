@@ -3,7 +3,9 @@
 A benchmark (config ``evaluate.benchmarks``) is a selection of ``samples.parquet``: a split and,
 optionally, a list of sources. Every selected sample is asked once in the student view, through the
 same frames and prompt pipeline as training (:func:`visd.rollout.build_requests`), and greedy-decoded
-by the configured engine (``hf`` or ``vllm``). What is computed from the answers depends on the items:
+by the configured engine (``hf`` or ``vllm``), ``evaluate.batch_size`` questions per engine call (the hf
+engine decodes them as one padded batch, :meth:`visd.engines.hf.HFEngine.generate_batch`). What is
+computed from the answers depends on the items:
 
 - every item gets a **task score** — the METHODS §5 metric of its task type (R1 accuracy for mcq /
   open / numeric, temporal IoU for temporal, box IoU for spatial, vIoU for spatio-temporal) and the
@@ -321,7 +323,10 @@ def run(samples_path: str, frames_paths: Sequence[str], policy: str, phase: int,
                             source=samples_path)
             continue
         asked.append((variant, s))
-    engine = get_engine(ecfg["backend"], policy, dtype=ecfg["dtype"], seed=0, **ecfg.get("engine_args", {}))
+    engine_args = dict(ecfg.get("engine_args", {}))
+    if ecfg["backend"] == "hf":  # vLLM batches whatever it is given
+        engine_args.setdefault("batch_size", ecfg["batch_size"])
+    engine = get_engine(ecfg["backend"], policy, dtype=ecfg["dtype"], seed=0, **engine_args)
     tokenizer = getattr(engine, "tokenizer", None)
     if tokenizer is None:
         from transformers import AutoTokenizer
@@ -329,27 +334,33 @@ def run(samples_path: str, frames_paths: Sequence[str], policy: str, phase: int,
         tokenizer = AutoTokenizer.from_pretrained(policy)
     sampling = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=ecfg["max_new_tokens"], seed=0)
     policy_hash = checkpoint_hash(policy)
-    phash = params_hash({"evaluate": ecfg, "prompt": pcfg, "benchmark": bench})
+    # batch_size changes how fast, not what is generated: it stays out of the rows' params hash
+    phash = params_hash({"evaluate": {k: v for k, v in ecfg.items() if k != "batch_size"}, "prompt": pcfg,
+                         "benchmark": bench})
     rows, t0, n_tok = [], time.time(), 0
-    for variant, s in tqdm(asked, desc=f"evaluate {bench_name} phase {phase}", unit="question",
-                           disable=not progress, file=sys.stderr):
-        req, _ = build_requests(tokenizer, {s["sample_id"]: s}, [frames_by_id[s["sample_id"]]], pcfg)[0]
-        req.request_id = f"{s['sample_id']}/{variant}"
-        try:
-            c = engine.generate([req], 1, sampling)[0][0]
-        except Exception as e:  # noqa: BLE001 — one bad prompt never loses the benchmark
-            rejects.add(f"{s['sample_id']}/{variant}", "generation_failed", f"{type(e).__name__}: {e}",
-                        source=samples_path)
-            continue
-        n_tok += len(c.token_ids)
-        rows.append({
-            "benchmark": bench_name, "phase": phase, "item_id": s.get("item_id") or s["sample_id"],
-            "sample_id": s["sample_id"], "task_type": s["task_type"], "chain_step": s.get("chain_step"),
-            "variant": variant, "question": s["question"], "answer": s.get("answer"), "completion": c.text,
-            "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids),
-            "score": float(task_score(c.text, s)), "format": float(rewards.r_format(c.text, s)),
-            "judge_score": None, "policy_hash": policy_hash, "params_hash": phash,
-        })
+    size = int(ecfg["batch_size"])
+    with tqdm(total=len(asked), desc=f"evaluate {bench_name} phase {phase}", unit="question",
+              disable=not progress, file=sys.stderr) as bar:
+        for i in range(0, len(asked), size):
+            chunk = asked[i : i + size]
+            reqs = []
+            for variant, s in chunk:
+                req, _ = build_requests(tokenizer, {s["sample_id"]: s}, [frames_by_id[s["sample_id"]]], pcfg)[0]
+                req.request_id = f"{s['sample_id']}/{variant}"
+                reqs.append(req)
+            for (variant, s), c in zip(chunk, _generate(engine, reqs, sampling, rejects, samples_path)):
+                if c is None:
+                    continue
+                n_tok += len(c.token_ids)
+                rows.append({
+                    "benchmark": bench_name, "phase": phase, "item_id": s.get("item_id") or s["sample_id"],
+                    "sample_id": s["sample_id"], "task_type": s["task_type"], "chain_step": s.get("chain_step"),
+                    "variant": variant, "question": s["question"], "answer": s.get("answer"), "completion": c.text,
+                    "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids),
+                    "score": float(task_score(c.text, s)), "format": float(rewards.r_format(c.text, s)),
+                    "judge_score": None, "policy_hash": policy_hash, "params_hash": phash,
+                })
+            bar.update(len(chunk))
     if jcfg is not None:
         judge_what(rows, {s["sample_id"]: s for s in chosen}, jcfg)
     kind, metrics = summarize(rows, chosen)
@@ -365,6 +376,21 @@ def run(samples_path: str, frames_paths: Sequence[str], policy: str, phase: int,
     print(f"{rejects.summary(len(rows))}; evaluate {bench_name} phase {phase}: {len(rows)} questions, "
           f"{n_tok} tokens in {dt:.1f}s; score {metrics.get('score', float('nan')):.1f}", file=sys.stderr)
     return summary
+
+
+def _generate(engine, reqs: list, sampling: Sampling, rejects: Rejects, source: str) -> list:
+    """Greedy completions of a chunk of requests, None where generation failed (and was rejected).
+
+    The chunk goes to the engine in one call (the hf engine decodes it as one batch); if that fails,
+    each request is retried alone, so one bad prompt is rejected and never loses the others.
+    """
+    try:
+        return [g[0] for g in engine.generate(reqs, 1, sampling)]
+    except Exception as e:  # noqa: BLE001 — one bad prompt never loses the benchmark
+        if len(reqs) > 1:
+            return [c for req in reqs for c in _generate(engine, [req], sampling, rejects, source)]
+        rejects.add(reqs[0].request_id, "generation_failed", f"{type(e).__name__}: {e}", source=source)
+        return [None]
 
 
 def checkpoint_step(policy: str) -> int | None:
