@@ -86,11 +86,15 @@ def counterfactual_answers(samples: dict[str, dict], ids: Sequence[str]) -> dict
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star")
-COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix", "counterfactual", "counterfactual_random",
-             "answer_weight")  # optional ``sft`` keys (defaults below)
+COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix", "copy_answer_only", "counterfactual",
+             "counterfactual_random", "counterfactual_tasks", "answer_weight",
+             "counterfactual_weight", "paired_teacher")  # optional ``sft`` keys (defaults below)
 COPY_WARMUP_STEPS = 0  # text-only copy warm-up optimizer steps before the SFT (0: off; see copy_warmup)
 COPY_BATCH_SIZE = 32
 COPY_MIX = 0  # text-only copy examples added to every SFT batch
+COPY_ANSWER_ONLY = False  # copy warm-up loss on the <answer>…</answer> span only (the think needs the video)
+COUNTERFACTUAL_TASKS = None  # task types whose teacher-view rows may be counterfactual (None: all)
+PAIRED_TEACHER = 0  # extra teacher-view rows per SFT batch, each pairing a student-view row of the batch (paired_views)
 COUNTERFACTUAL_RANDOM = 0.0  # share of counterfactual answers drawn fresh (random_answer), not from other samples
 ANSWER_WEIGHT = 1.0  # loss weight of the <answer>…</answer> tokens of teacher-view and copy examples
 
@@ -190,6 +194,24 @@ def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[
     return rows
 
 
+def teacher_example(tokenizer, sample: dict, completion: list[int], alternatives: Sequence[str], swap: bool,
+                    fresh: bool, feedback: str | None, components: Sequence[str],
+                    rng: np.random.Generator) -> tuple[str, list[int], bool]:
+    """(hint, target ids, counterfactual?) of one teacher-view SFT row. Honest unless ``swap``: then the
+    hint's verified answer and the target's ``<answer>`` are another answer, a fresh :func:`random_answer`
+    when ``fresh`` (or when the sample has no ``alternatives``), else one of ``alternatives`` (drawn from
+    ``rng``)."""
+    from visd.teacher import hint_for
+
+    if swap and (fresh or alternatives):
+        answer = (random_answer(sample["task_type"], rng, float(sample.get("duration_s") or 8.0))
+                  if fresh or not alternatives else alternatives[int(rng.integers(len(alternatives)))])
+        sample = {**sample, "answer": answer}
+        completion = example_completion(tokenizer, with_answer(sample["reference"], answer))
+        return hint_for(sample, feedback, components), completion, True
+    return hint_for(sample, feedback, components), completion, False
+
+
 def weighted_sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, answer_mask: torch.Tensor,
                       answer_weight: float) -> torch.Tensor:
     r"""Token-mean cross-entropy with the ``answer_mask`` tokens (the answer spans of the examples whose hint
@@ -199,9 +221,18 @@ def weighted_sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     .. math::  L = \frac{1}{\sum_t m_t} \sum_t (m_t + (w - 1) a_t) \, (-\log p(y_t)).
 
     A token-mean over ~100-token references gives the few answer tokens only the hint predicts little
-    gradient; ``answer_weight`` 1 is the plain loss."""
+    gradient; ``answer_weight`` 1 is the plain loss. ``answer_weight`` may also be a ``[B]`` tensor, one
+    weight per row (``w`` above then depends on the row: counterfactual rows weighted apart from honest
+    ones, ``sft.counterfactual_weight``)."""
     loss = losses.sft_cross_entropy(logits, targets, mask)
     a = answer_mask & mask
+    if isinstance(answer_weight, torch.Tensor):
+        rows = answer_weight.to(device=logits.device, dtype=torch.float32) - 1.0
+        if not bool(a.any()) or not bool(rows.any()):
+            return loss
+        tgt = torch.where(a, targets.long(), torch.zeros_like(targets, dtype=torch.long))
+        nll = -torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        return loss + (nll * a * rows[:, None]).sum() / mask.sum().clamp_min(1)
     if answer_weight == 1.0 or not bool(a.any()):
         return loss
     extra = losses.sft_cross_entropy(logits, targets, a) * a.sum() / mask.sum().clamp_min(1)
@@ -210,7 +241,7 @@ def weighted_sft_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
 
 def with_answer(reference: str, answer: str) -> str:
     """``reference`` with its ``<answer>…</answer>`` span replaced."""
-    return re.sub(r"<answer>.*?</answer>", lambda _: f"<answer>{answer}</answer>", reference, count=1, flags=re.S)
+    return re.sub(r"<answer>.*?</answer>", lambda _: f"<answer>{answer}</answer>", reference, count=1, flags=re.DOTALL)
 
 
 def example_completion(tokenizer, reference: str) -> list[int]:
@@ -366,12 +397,11 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         metrics_path: str | None = None, progress: bool = True, eval_margin: bool = True) -> dict:
     from tqdm import tqdm
 
-    from visd.teacher import hint_for
-
     raw = dict(params.get("sft") or {})
     copy_cfg = {"copy_warmup_steps": COPY_WARMUP_STEPS, "copy_batch_size": COPY_BATCH_SIZE, "copy_lr": None,
                 "copy_mix": COPY_MIX, "counterfactual": COUNTERFACTUAL, "counterfactual_random": COUNTERFACTUAL_RANDOM,
-                "answer_weight": ANSWER_WEIGHT}
+                "answer_weight": ANSWER_WEIGHT, "copy_answer_only": COPY_ANSWER_ONLY, "paired_teacher": PAIRED_TEACHER,
+                "counterfactual_tasks": COUNTERFACTUAL_TASKS, "counterfactual_weight": None}
     copy_cfg.update({k: raw.pop(k) for k in COPY_KEYS if k in raw})
     scfg = cfgmod.section("sft", raw)
     components = cfgmod.section("teacher", params.get("teacher"))["hint"]
@@ -400,7 +430,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     t_copy = time.perf_counter()
     copy_rows = copy_warmup(model, tokenizer, samples, train_ids, feedback, components,
                             int(copy_cfg["copy_warmup_steps"]), int(copy_cfg["copy_batch_size"]),
-                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress) if copy_cfg["copy_warmup_steps"] else []
+                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress,
+                            answer_only=bool(copy_cfg["copy_answer_only"])) if copy_cfg["copy_warmup_steps"] else []
     t_copy = time.perf_counter() - t_copy
     after_copy = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (copy_rows and eval_margin and margin_ids) else None
     if after_copy:
@@ -410,6 +441,11 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     optimizer = T.make_optimizer(model, scfg["lr"], weight_decay=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bs = min(scfg["batch_size"], len(train_ids))
+    n_paired = int(copy_cfg["paired_teacher"])
+    aw = float(copy_cfg["answer_weight"])
+    cf_weight = aw if copy_cfg["counterfactual_weight"] is None else float(copy_cfg["counterfactual_weight"])
+    cf_tasks = None if copy_cfg["counterfactual_tasks"] is None else set(copy_cfg["counterfactual_tasks"])
+    cf_ok = {s: cf_tasks is None or samples[s]["task_type"] in cf_tasks for s in train_ids}
     rows, order, t_start = [], [], time.perf_counter()
     bar = tqdm(range(scfg["steps"]), desc="sft", unit="step", disable=not progress, file=sys.stderr)
     for step in bar:
@@ -423,32 +459,45 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         swap = rng.random(bs) < float(copy_cfg["counterfactual"])
         fresh = (rng.random(bs) < float(copy_cfg["counterfactual_random"]) if copy_cfg["counterfactual_random"]
                  else np.zeros(bs, dtype=bool))  # no draw when off: the default's random stream is unchanged
-        batch_prompts, targets, hinted = [], [], []
+        batch_prompts, targets, hinted, row_w = [], [], [], []
         for j, i in enumerate(idx):
             sid = train_ids[i]
             hinted.append(bool(teacher_view[j]))
             if not teacher_view[j]:
                 batch_prompts.append(prompts.get(sid))
                 targets.append(completions[sid])
+                row_w.append(1.0)
                 continue
             # teacher view: the hint the teacher stage will show (teacher.hint components). Counterfactual
             # examples state another possible answer as verified and end the reference with it: the
             # answer then follows the hint, not the (memorised) video.
-            sample, target = samples[sid], completions[sid]
-            if swap[j] and (fresh[j] or alternatives[sid]):
-                answer = (random_answer(sample["task_type"], rng, float(sample.get("duration_s") or 8.0))
-                          if fresh[j] or not alternatives[sid] else alternatives[sid][int(rng.integers(len(alternatives[sid])))])
-                sample = {**sample, "answer": answer}
-                target = example_completion(tokenizer, with_answer(sample["reference"], answer))
-            fb = feedback.get(sid) if with_fb[j] else None
-            batch_prompts.append(prompts.get(sid, "teacher", hint_for(sample, fb, components)))
+            hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
+                                               bool(swap[j]) and cf_ok[sid], bool(fresh[j]),
+                                               feedback.get(sid) if with_fb[j] else None, components, rng)
+            batch_prompts.append(prompts.get(sid, "teacher", hint))
             targets.append(target)
+            row_w.append(cf_weight if cf else aw)
+        if n_paired:  # the same samples' teacher views: each pair differs only by the hint (own rng stream)
+            prng = np.random.default_rng([seed, 8, step])
+            pool = [i for j, i in enumerate(idx) if not teacher_view[j]] or list(idx)
+            for i in prng.choice(pool, min(n_paired, len(pool)), replace=False):
+                sid = train_ids[int(i)]
+                u_cf, u_fresh, u_fb = prng.random(3)
+                hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
+                                                   u_cf < float(copy_cfg["counterfactual"]) and cf_ok[sid],
+                                                   u_fresh < float(copy_cfg["counterfactual_random"]),
+                                                   feedback.get(sid) if u_fb < 0.5 else None, components, prng)
+                batch_prompts.append(prompts.get(sid, "teacher", hint))
+                targets.append(target)
+                hinted.append(True)
+                row_w.append(cf_weight if cf else aw)
         for _ in range(int(copy_cfg["copy_mix"])):  # text-only copy examples keep the hint-reading alive
             sid = train_ids[int(rng.integers(len(train_ids)))]
             p, c, _ = copy_example(tokenizer, samples[sid], rng, components, feedback.get(sid) if rng.random() < 0.5 else None)
             batch_prompts.append(p)
             targets.append(c)
             hinted.append(True)
+            row_w.append(cf_weight)
         batch = T.collate(batch_prompts, targets, pad_id, model.config)
         answer_mask = torch.zeros_like(batch.mask)  # answer spans of the rows whose hint states the answer
         for r, (c, h) in enumerate(zip(targets, hinted)):
@@ -461,9 +510,10 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         T.set_lr(optimizer, lr)
         with autocast:
             logits = T.completion_logits(model, batch)
-        objective = weighted_sft_loss(logits, batch.tokens, batch.mask, answer_mask, float(copy_cfg["answer_weight"]))
+        objective = weighted_sft_loss(logits, batch.tokens, batch.mask, answer_mask,
+                                      aw if cf_weight == aw else torch.tensor(row_w))
         objective.backward()
-        if float(copy_cfg["answer_weight"]) == 1.0:
+        if aw == 1.0 and cf_weight == aw:
             loss = objective
         else:  # the logged loss stays the plain token-mean cross-entropy
             with torch.no_grad():

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -185,3 +187,109 @@ def test_counterfactual_answers_exclude_the_true_one_and_random_answers_cover_th
     assert alt["a"] == ["B", "C"] and alt["d"] == ["3"] and alt["e"] == ["2"]
     rng = np.random.default_rng(0)
     assert {sft.random_answer("mcq", rng) for _ in range(200)} == set("ABCD")
+
+
+def test_weighted_sft_loss_per_row_weights():
+    """A [B] tensor of answer weights weights each row's answer span by its own w_r (counterfactual rows
+    apart from honest ones); equal weights give the scalar form, all ones the plain cross-entropy."""
+    import torch
+
+    from visd import losses
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 6, 9, generator=g)
+    targets = torch.randint(0, 9, (3, 6), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    answer = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    nll = -torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    w = torch.tensor([20.0, 1.0, 3.0])
+    want = ((mask.float() + (w[:, None] - 1) * (answer & mask).float()) * nll).sum() / mask.sum()
+    assert torch.allclose(sft.weighted_sft_loss(logits, targets, mask, answer, w), want, atol=1e-5)
+    assert torch.allclose(sft.weighted_sft_loss(logits, targets, mask, answer, torch.full((3,), 4.0)),
+                          sft.weighted_sft_loss(logits, targets, mask, answer, 4.0), atol=1e-5)
+    assert torch.equal(sft.weighted_sft_loss(logits, targets, mask, answer, torch.ones(3)),
+                       losses.sft_cross_entropy(logits, targets, mask))
+
+
+def _record_sft_batches(monkeypatch, base, tmp_path, sft_over: dict, name: str) -> list[list[dict]]:
+    """Run 4 SFT steps (batch 8, no margin evaluation) and return every batch as rows
+    {sample, view, hint, target, weight}: the prompts' sample ids come from a wrapped SharedPrompts.get,
+    the rows from a wrapped collate, the answer-span weights from a wrapped weighted_sft_loss."""
+    import torch
+
+    seen, batches = {}, []
+    get, collate, wloss = sft.SharedPrompts.get, T.collate, sft.weighted_sft_loss
+
+    def rec_get(self, sample_id, view="student", hint=None):
+        r = get(self, sample_id, view, hint)
+        seen[id(r)] = (sample_id, view)
+        return r
+
+    def rec_collate(prompts, completions, pad_id, cfg):
+        batches.append([{"sample": seen[id(p)][0], "view": seen[id(p)][1], "hint": p.get("hint"), "target": list(c)}
+                        for p, c in zip(prompts, completions)])
+        return collate(prompts, completions, pad_id, cfg)
+
+    def rec_wloss(logits, targets, mask, answer_mask, answer_weight):
+        w = answer_weight.tolist() if isinstance(answer_weight, torch.Tensor) else [answer_weight] * len(batches[-1])
+        for row, x in zip(batches[-1], w):
+            row["weight"] = x
+        return wloss(logits, targets, mask, answer_mask, answer_weight)
+
+    monkeypatch.setattr(sft.SharedPrompts, "get", rec_get)
+    monkeypatch.setattr(T, "collate", rec_collate)
+    monkeypatch.setattr(sft, "weighted_sft_loss", rec_wloss)
+    params = {"seed": 0, "prompt": H.PROMPT, "teacher": {"hint": ["answer", "window", "keyframes", "feedback"]},
+              "sft": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "teacher_view_fraction": 0.5, **sft_over}}
+    sft.run(params, base["samples"], base["frames"], base["init"], str(tmp_path / name), progress=False, eval_margin=False)
+    monkeypatch.undo()
+    return batches
+
+
+def test_counterfactual_tasks_weight_and_paired_teacher_rows(tmp_path_factory, tmp_path, monkeypatch, one_thread):
+    """sft.counterfactual_tasks: only teacher-view rows of those task types state another answer (hint and
+    target agree on it); the others keep the verified answer and the reference. sft.counterfactual_weight
+    weights the answer span of the counterfactual rows only. sft.paired_teacher appends teacher views of
+    samples that are student-view rows of the same batch. With the new keys at their defaults the batches
+    are those of a run without them (the default's random stream is unchanged)."""
+    base, _ = H.shared_data(tmp_path_factory)
+    tok = T.load_tokenizer(base["init"])
+    samples = {r["sample_id"]: r for r in T.read_rows([base["samples"]])}
+    verified = re.compile(r"Verified answer: (.*)\n")
+
+    def target_answer(ids):
+        m = re.search(r"<answer>(.*?)</answer>", tok.decode(ids), flags=re.DOTALL)
+        return m and m.group(1)
+
+    over = {"counterfactual": 1.0, "counterfactual_tasks": ["mcq", "open"], "counterfactual_weight": 20.0,
+            "paired_teacher": 3}
+    batches = _record_sft_batches(monkeypatch, base, tmp_path, over, "cf")
+    kinds = set()
+    for rows in batches:
+        students = {r["sample"] for r in rows[:8] if r["view"] == "student"}
+        assert len(rows) == 8 + min(3, len(students))  # paired rows: distinct student-view samples of the batch
+        paired = [r["sample"] for r in rows[8:]]
+        assert all(r["view"] == "teacher" for r in rows[8:]) and set(paired) <= students and len(set(paired)) == len(paired)
+        for r in rows:
+            s = samples[r["sample"]]
+            if r["view"] == "student":
+                assert not r["hint"] and r["weight"] == 1.0
+                continue
+            stated = verified.search(r["hint"]).group(1)
+            assert target_answer(r["target"]) == stated  # the target's answer is the hint's
+            if s["task_type"] in ("mcq", "open") and stated != s["answer"]:
+                assert r["weight"] == 20.0
+                kinds.add("counterfactual")
+            else:
+                assert stated == s["answer"] and tok.decode(r["target"]) == s["reference"] + "<|im_end|>"
+                assert r["weight"] == 1.0
+                kinds.add("honest " + ("listed" if s["task_type"] in ("mcq", "open") else "other"))
+    assert {"counterfactual", "honest other"} <= kinds, kinds
+
+    plain = _record_sft_batches(monkeypatch, base, tmp_path, {}, "plain")
+    same = _record_sft_batches(monkeypatch, base, tmp_path, {"counterfactual_tasks": None, "paired_teacher": 0,
+                                                             "counterfactual_weight": None}, "same")
+    assert plain == same and all(len(rows) == 8 for rows in plain)
+    # the default (counterfactual 0.5 over every task type) does swap answers of other task types
+    assert any(r["view"] == "teacher" and samples[r["sample"]]["task_type"] not in ("mcq", "open")
+               and verified.search(r["hint"]).group(1) != samples[r["sample"]]["answer"] for rows in plain for r in rows)
