@@ -84,13 +84,14 @@ def build_requests(tokenizer, samples: dict[str, dict], frame_rows: list[dict], 
     return out
 
 
-def phase_prompts(frame_rows: list[dict], limit: int | None, phase: int) -> list[dict]:
-    """The prompts of a phase: all of the shard's, or ``limit`` of them taken in sample-id order from where the
-    previous phase stopped (wrapping around), so successive phases see the whole shard."""
+def phase_prompts(frame_rows: list[dict], limit: int | None, phase: int, rotate: bool = True) -> list[dict]:
+    """The prompts of a phase: all of the shard's, or ``limit`` of them in sample-id order. With ``rotate`` a
+    phase starts where the previous one stopped (wrapping around), so successive phases see the whole shard;
+    without it every phase rolls out the same first ``limit`` prompts (rewards comparable across phases)."""
     rows = sorted(frame_rows, key=lambda r: r["sample_id"])
     if not limit or limit >= len(rows):
         return rows
-    start = (phase * limit) % len(rows)
+    start = (phase * limit) % len(rows) if rotate else 0
     return sorted((rows + rows)[start: start + limit], key=lambda r: r["sample_id"])
 
 
@@ -98,10 +99,12 @@ def run(samples_path: str, frames_path: str, policy: str, phase: int, params: di
         rejects_path: str | None = None, progress: bool = True) -> dict:
     rcfg = cfgmod.section("rollout", params.get("rollout"))
     pcfg = cfgmod.section("prompt", params.get("prompt"))
-    seed = int(params.get("seed", 0)) * 1000003 + phase
+    # A new random stream per phase; without rotation every phase re-rolls the same prompts with the same
+    # stream, so reward differences between phases come from the policy, not from the sampling noise.
+    seed = int(params.get("seed", 0)) * 1000003 + (phase if rcfg["rotate"] else 0)
     samples = {r["sample_id"]: r for r in pq.read_table(samples_path).to_pylist()}
     frame_rows = [r for r in pq.read_table(frames_path).to_pylist() if samples[r["sample_id"]]["split"] in rcfg["splits"]]
-    frame_rows = phase_prompts(frame_rows, rcfg["limit"], phase)
+    frame_rows = phase_prompts(frame_rows, rcfg["limit"], phase, rcfg["rotate"])
     engine = get_engine(rcfg["backend"], policy, dtype=rcfg["dtype"], seed=seed, **rcfg.get("engine_args", {}))
     trainer = engine if engine.name == "hf" else None
     if rcfg["record_gap"] and trainer is None:

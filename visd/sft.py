@@ -17,6 +17,20 @@ task's answer format rather than from another sample, whose answers never includ
 ``answer_weight`` (loss weight of the answer span of hinted examples, :func:`weighted_sft_loss`), and the
 text-only copy warm-up / mix keys (``copy_*``, :func:`copy_warmup`).
 
+Options for teaching the tiny model to read the hint (all off by default; :func:`teacher_example`):
+``counterfactual_tasks`` (task types whose teacher-view rows may be counterfactual; null = all): the tiny
+model can learn to copy a letter or a colour / shape word from the hint, not a digit string (a box, a
+window, a count: digits recur in the hint's timestamps), so counterfactual digit answers only teach the
+teacher view to spread probability over digits. ``counterfactual_think`` (false: a counterfactual target
+is ``<think></think><answer>X</answer>``): the reference think argues for the true answer ("option D"),
+and an answer that contradicts it teaches the shared weights that answers need not follow the think,
+which costs the student view. ``counterfactual_weight`` (answer-span weight of counterfactual and copy
+rows only; null = ``answer_weight``): the few answer tokens only the hint predicts need a large weight
+before the copy forms within a few hundred steps, while weighting the honest rows' answers as well
+starves the rest of the reference. ``paired_teacher`` (extra teacher-view rows per batch, each the
+teacher view of a distinct student-view sample of the batch, of ``counterfactual_tasks`` first; drawn
+from their own random stream): more rows that need the hint without fewer student-view rows.
+
 Loss: token-mean cross-entropy of ``reference + <|im_end|>`` given the prompt
 (:func:`visd.losses.sft_cross_entropy`), gradient-norm clip 1.0. Batching, M-RoPE positions, the
 optimizer, the cosine schedule and the checkpoint writer are the trainer's (:mod:`visd.train`).
@@ -46,7 +60,6 @@ from visd import losses
 from visd import train as T
 from visd.io import write_parquet
 
-COUNTERFACTUAL = 0.5  # share of teacher-view examples whose verified answer (hint and target) is another one
 MARGIN_SAMPLES = 64  # eval samples the before/after answer margin is measured on (evenly spaced, sorted ids)
 
 
@@ -84,19 +97,9 @@ def counterfactual_answers(samples: dict[str, dict], ids: Sequence[str]) -> dict
     return out
 
 
+EMPTY_THINK = "<think></think><answer></answer>"  # counterfactual target without reasoning (counterfactual_think: false)
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star")
-COPY_KEYS = ("copy_warmup_steps", "copy_batch_size", "copy_lr", "copy_mix", "copy_answer_only", "counterfactual",
-             "counterfactual_random", "counterfactual_tasks", "answer_weight",
-             "counterfactual_weight", "paired_teacher")  # optional ``sft`` keys (defaults below)
-COPY_WARMUP_STEPS = 0  # text-only copy warm-up optimizer steps before the SFT (0: off; see copy_warmup)
-COPY_BATCH_SIZE = 32
-COPY_MIX = 0  # text-only copy examples added to every SFT batch
-COPY_ANSWER_ONLY = False  # copy warm-up loss on the <answer>…</answer> span only (the think needs the video)
-COUNTERFACTUAL_TASKS = None  # task types whose teacher-view rows may be counterfactual (None: all)
-PAIRED_TEACHER = 0  # extra teacher-view rows per SFT batch, each pairing a student-view row of the batch (paired_views)
-COUNTERFACTUAL_RANDOM = 0.0  # share of counterfactual answers drawn fresh (random_answer), not from other samples
-ANSWER_WEIGHT = 1.0  # loss weight of the <answer>…</answer> tokens of teacher-view and copy examples
 
 
 def random_answer(task_type: str, rng: np.random.Generator, duration: float = 8.0) -> str:
@@ -159,7 +162,7 @@ def copy_example(tokenizer, sample: dict, rng: np.random.Generator, components: 
 
 def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[str], feedback: dict[str, str],
                 components: Sequence[str], steps: int, batch_size: int, lr: float, seed: int, device,
-                progress: bool = False, answer_only: bool = False) -> list[dict]:
+                progress: bool = False) -> list[dict]:
     """``steps`` optimizer steps of text-only copy examples (:func:`copy_example`): the model learns to
     read the hint's verified answer into ``<answer>…</answer>`` before the SFT on the videos."""
     from tqdm import tqdm
@@ -178,11 +181,6 @@ def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[
             ps.append(p)
             cs.append(c)
         batch = T.collate(ps, cs, pad_id, model.config)
-        if answer_only:  # the think's objects / boxes are unpredictable without the video: noise here
-            for r, c in enumerate(cs):
-                a, b = answer_span(tokenizer, c)
-                batch.mask[r, :a] = False
-                batch.mask[r, b:] = False
         batch = T.to_device(batch, device)
         T.set_lr(optimizer, T.lr_at(step, lr, max(1, steps // 20), steps))
         loss = losses.sft_cross_entropy(T.completion_logits(model, batch), batch.tokens, batch.mask)
@@ -196,18 +194,20 @@ def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[
 
 def teacher_example(tokenizer, sample: dict, completion: list[int], alternatives: Sequence[str], swap: bool,
                     fresh: bool, feedback: str | None, components: Sequence[str],
-                    rng: np.random.Generator) -> tuple[str, list[int], bool]:
+                    rng: np.random.Generator, think: bool = True) -> tuple[str, list[int], bool]:
     """(hint, target ids, counterfactual?) of one teacher-view SFT row. Honest unless ``swap``: then the
     hint's verified answer and the target's ``<answer>`` are another answer, a fresh :func:`random_answer`
     when ``fresh`` (or when the sample has no ``alternatives``), else one of ``alternatives`` (drawn from
-    ``rng``)."""
+    ``rng``). A counterfactual target keeps the reference think (which argues for the true answer) when
+    ``think``, else it is ``<think></think><answer>X</answer>``: nothing before the answer contradicts it."""
     from visd.teacher import hint_for
 
     if swap and (fresh or alternatives):
         answer = (random_answer(sample["task_type"], rng, float(sample.get("duration_s") or 8.0))
                   if fresh or not alternatives else alternatives[int(rng.integers(len(alternatives)))])
         sample = {**sample, "answer": answer}
-        completion = example_completion(tokenizer, with_answer(sample["reference"], answer))
+        reference = sample["reference"] if think else EMPTY_THINK
+        completion = example_completion(tokenizer, with_answer(reference, answer))
         return hint_for(sample, feedback, components), completion, True
     return hint_for(sample, feedback, components), completion, False
 
@@ -397,13 +397,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         metrics_path: str | None = None, progress: bool = True, eval_margin: bool = True) -> dict:
     from tqdm import tqdm
 
-    raw = dict(params.get("sft") or {})
-    copy_cfg = {"copy_warmup_steps": COPY_WARMUP_STEPS, "copy_batch_size": COPY_BATCH_SIZE, "copy_lr": None,
-                "copy_mix": COPY_MIX, "counterfactual": COUNTERFACTUAL, "counterfactual_random": COUNTERFACTUAL_RANDOM,
-                "answer_weight": ANSWER_WEIGHT, "copy_answer_only": COPY_ANSWER_ONLY, "paired_teacher": PAIRED_TEACHER,
-                "counterfactual_tasks": COUNTERFACTUAL_TASKS, "counterfactual_weight": None}
-    copy_cfg.update({k: raw.pop(k) for k in COPY_KEYS if k in raw})
-    scfg = cfgmod.section("sft", raw)
+    scfg = cfgmod.section("sft", dict(params.get("sft") or {}))  # every key and its default: workflow/schemas/config.schema.yaml
+    copy_cfg = scfg
     components = cfgmod.section("teacher", params.get("teacher"))["hint"]
     prompt_cfg = cfgmod.section("prompt", params.get("prompt"))
     seed = int(params.get("seed", 0))
@@ -430,8 +425,7 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     t_copy = time.perf_counter()
     copy_rows = copy_warmup(model, tokenizer, samples, train_ids, feedback, components,
                             int(copy_cfg["copy_warmup_steps"]), int(copy_cfg["copy_batch_size"]),
-                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress,
-                            answer_only=bool(copy_cfg["copy_answer_only"])) if copy_cfg["copy_warmup_steps"] else []
+                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress) if copy_cfg["copy_warmup_steps"] else []
     t_copy = time.perf_counter() - t_copy
     after_copy = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (copy_rows and eval_margin and margin_ids) else None
     if after_copy:
@@ -473,20 +467,23 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             # answer then follows the hint, not the (memorised) video.
             hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
                                                bool(swap[j]) and cf_ok[sid], bool(fresh[j]),
-                                               feedback.get(sid) if with_fb[j] else None, components, rng)
+                                               feedback.get(sid) if with_fb[j] else None, components, rng,
+                                               bool(copy_cfg["counterfactual_think"]))
             batch_prompts.append(prompts.get(sid, "teacher", hint))
             targets.append(target)
             row_w.append(cf_weight if cf else aw)
         if n_paired:  # the same samples' teacher views: each pair differs only by the hint (own rng stream)
             prng = np.random.default_rng([seed, 8, step])
             pool = [i for j, i in enumerate(idx) if not teacher_view[j]] or list(idx)
+            pool = [i for i in pool if cf_ok[train_ids[i]]] or pool  # counterfactual_tasks' samples first
             for i in prng.choice(pool, min(n_paired, len(pool)), replace=False):
                 sid = train_ids[int(i)]
                 u_cf, u_fresh, u_fb = prng.random(3)
                 hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
                                                    u_cf < float(copy_cfg["counterfactual"]) and cf_ok[sid],
                                                    u_fresh < float(copy_cfg["counterfactual_random"]),
-                                                   feedback.get(sid) if u_fb < 0.5 else None, components, prng)
+                                                   feedback.get(sid) if u_fb < 0.5 else None, components, prng,
+                                                   bool(copy_cfg["counterfactual_think"]))
                 batch_prompts.append(prompts.get(sid, "teacher", hint))
                 targets.append(target)
                 hinted.append(True)

@@ -248,10 +248,11 @@ def _record_sft_batches(monkeypatch, base, tmp_path, sft_over: dict, name: str) 
 
 def test_counterfactual_tasks_weight_and_paired_teacher_rows(tmp_path_factory, tmp_path, monkeypatch, one_thread):
     """sft.counterfactual_tasks: only teacher-view rows of those task types state another answer (hint and
-    target agree on it); the others keep the verified answer and the reference. sft.counterfactual_weight
-    weights the answer span of the counterfactual rows only. sft.paired_teacher appends teacher views of
-    samples that are student-view rows of the same batch. With the new keys at their defaults the batches
-    are those of a run without them (the default's random stream is unchanged)."""
+    target agree on it; with sft.counterfactual_think false the target has an empty think); the others keep
+    the verified answer and the reference. sft.counterfactual_weight weights the answer span of the
+    counterfactual rows only. sft.paired_teacher appends teacher views of samples that are student-view
+    rows of the same batch (of the listed task types when there are). With the new keys at their defaults
+    the batches are those of a run without them (the default's random stream is unchanged)."""
     base, _ = H.shared_data(tmp_path_factory)
     tok = T.load_tokenizer(base["init"])
     samples = {r["sample_id"]: r for r in T.read_rows([base["samples"]])}
@@ -262,14 +263,16 @@ def test_counterfactual_tasks_weight_and_paired_teacher_rows(tmp_path_factory, t
         return m and m.group(1)
 
     over = {"counterfactual": 1.0, "counterfactual_tasks": ["mcq", "open"], "counterfactual_weight": 20.0,
-            "paired_teacher": 3}
+            "counterfactual_think": False, "paired_teacher": 3}
     batches = _record_sft_batches(monkeypatch, base, tmp_path, over, "cf")
     kinds = set()
     for rows in batches:
+        # paired rows: distinct student-view samples of the batch, those of the listed task types first
         students = {r["sample"] for r in rows[:8] if r["view"] == "student"}
-        assert len(rows) == 8 + min(3, len(students))  # paired rows: distinct student-view samples of the batch
+        listed = {s for s in students if samples[s]["task_type"] in ("mcq", "open")}
         paired = [r["sample"] for r in rows[8:]]
-        assert all(r["view"] == "teacher" for r in rows[8:]) and set(paired) <= students and len(set(paired)) == len(paired)
+        assert len(paired) == min(3, len(listed or students)) and len(set(paired)) == len(paired)
+        assert all(r["view"] == "teacher" for r in rows[8:]) and set(paired) <= (listed or students)
         for r in rows:
             s = samples[r["sample"]]
             if r["view"] == "student":
@@ -278,7 +281,8 @@ def test_counterfactual_tasks_weight_and_paired_teacher_rows(tmp_path_factory, t
             stated = verified.search(r["hint"]).group(1)
             assert target_answer(r["target"]) == stated  # the target's answer is the hint's
             if s["task_type"] in ("mcq", "open") and stated != s["answer"]:
-                assert r["weight"] == 20.0
+                assert r["weight"] == 20.0  # counterfactual: no reasoning before the hint's answer
+                assert tok.decode(r["target"]) == f"<think></think><answer>{stated}</answer><|im_end|>"
                 kinds.add("counterfactual")
             else:
                 assert stated == s["answer"] and tok.decode(r["target"]) == s["reference"] + "<|im_end|>"
