@@ -72,6 +72,18 @@ QUERIES: dict[str, tuple[str, str]] = {
         "max(trainer_logprob_gap_max) AS max_gap, avg(trainer_logprob_gap_mean) AS mean_gap "
         "FROM rollouts GROUP BY ALL ORDER BY ALL",
     ),
+    "teacher_vs_verdict": (
+        "per phase and judge verdict: mean log p of the rollout's own tokens under the hinted teacher and under the "
+        "student that sampled them, their gap (teacher − student) and the share of rollouts where the teacher is higher "
+        "(an informative teacher ranks correct answers above wrong ones)",
+        "WITH g AS (SELECT t.phase, j.answer_correctness, t.mean_logprob AS teacher_logp, "
+        "list_avg(r.behaviour_logprobs) AS student_logp, t.top1_match FROM teacher t "
+        "JOIN rollouts r USING (rollout_id) JOIN judge j USING (rollout_id) WHERE t.n_tokens > 0) "
+        "SELECT phase, answer_correctness, count(*) AS n, round(avg(teacher_logp), 4) AS teacher_logp, "
+        "round(avg(student_logp), 4) AS student_logp, round(avg(teacher_logp - student_logp), 4) AS gap, "
+        "round(avg((teacher_logp > student_logp)::INTEGER), 3) AS teacher_higher, "
+        "round(avg(top1_match), 3) AS top1_match FROM g GROUP BY ALL ORDER BY ALL",
+    ),
     "eval_scores": (
         "eval score (task metric, %) per benchmark, phase (-1 = start policy) and task type",
         "SELECT benchmark, phase, task_type, count(*) AS n, round(100 * avg(score), 1) AS score, "

@@ -172,6 +172,35 @@ def test_rollout_reward_judge_tables_link_up(run_dir):
         assert json.loads(out), q
 
 
+def test_teacher_vs_verdict_matches_the_tables(run_dir):
+    """The audit's teacher-vs-student gap per verdict, recomputed in float64 from the Parquet rows."""
+    import numpy as np
+
+    res = run_dir / "results"
+    out = subprocess.run([visd_bin(), "audit", "--results", str(res), "--query", "teacher_vs_verdict", "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    got = {(r["phase"], r["answer_correctness"]): r for r in json.loads(out)}
+    want: dict = {}
+    for tp in sorted((res / "teacher").glob("phase-*/shard-*.parquet")):
+        rel = tp.relative_to(res / "teacher")
+        ro = {r["rollout_id"]: r for r in pq.read_table(res / "rollouts" / rel).to_pylist()}
+        ju = {r["rollout_id"]: r for r in pq.read_table(res / "judge" / rel).to_pylist()}
+        for t in pq.read_table(tp).to_pylist():
+            if not t["n_tokens"]:
+                continue
+            r = ro[t["rollout_id"]]
+            lp_t = float(np.mean(np.asarray([-(g + c / 4096.0) for g, c in zip(t["token_logit_gap"], t["logsumexp_code"])])))
+            lp_s = float(np.mean(np.asarray(r["behaviour_logprobs"], dtype=np.float64)))
+            assert abs(lp_t - t["mean_logprob"]) < 1e-3  # the cache's own per-token codes agree with its summary
+            want.setdefault((t["phase"], ju[t["rollout_id"]]["answer_correctness"]), []).append((t["mean_logprob"], lp_s))
+    assert set(got) == set(want) and want
+    for key, pairs in want.items():
+        a = np.asarray(pairs)
+        assert got[key]["n"] == len(a)
+        assert abs(got[key]["gap"] - (a[:, 0] - a[:, 1]).mean()) < 2e-3, key
+        assert abs(got[key]["teacher_higher"] - (a[:, 0] > a[:, 1]).mean()) < 1e-3, key
+
+
 def test_audit_queries_real_outputs(run_dir):
     out = subprocess.run(
         [visd_bin(), "audit", "--results", str(run_dir / "results"), "--query", "frames_per_sample", "--format", "json"],
