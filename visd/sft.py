@@ -397,8 +397,7 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         metrics_path: str | None = None, progress: bool = True, eval_margin: bool = True) -> dict:
     from tqdm import tqdm
 
-    scfg = cfgmod.section("sft", dict(params.get("sft") or {}))  # every key and its default: workflow/schemas/config.schema.yaml
-    copy_cfg = scfg
+    scfg = cfgmod.section("sft", params.get("sft"))  # every key and its default: workflow/schemas/config.schema.yaml
     components = cfgmod.section("teacher", params.get("teacher"))["hint"]
     prompt_cfg = cfgmod.section("prompt", params.get("prompt"))
     seed = int(params.get("seed", 0))
@@ -424,8 +423,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     before = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (eval_margin and margin_ids) else None
     t_copy = time.perf_counter()
     copy_rows = copy_warmup(model, tokenizer, samples, train_ids, feedback, components,
-                            int(copy_cfg["copy_warmup_steps"]), int(copy_cfg["copy_batch_size"]),
-                            float(copy_cfg["copy_lr"] or scfg["lr"]), seed, device, progress) if copy_cfg["copy_warmup_steps"] else []
+                            int(scfg["copy_warmup_steps"]), int(scfg["copy_batch_size"]),
+                            float(scfg["copy_lr"] or scfg["lr"]), seed, device, progress) if scfg["copy_warmup_steps"] else []
     t_copy = time.perf_counter() - t_copy
     after_copy = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (copy_rows and eval_margin and margin_ids) else None
     if after_copy:
@@ -435,10 +434,10 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     optimizer = T.make_optimizer(model, scfg["lr"], weight_decay=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bs = min(scfg["batch_size"], len(train_ids))
-    n_paired = int(copy_cfg["paired_teacher"])
-    aw = float(copy_cfg["answer_weight"])
-    cf_weight = aw if copy_cfg["counterfactual_weight"] is None else float(copy_cfg["counterfactual_weight"])
-    cf_tasks = None if copy_cfg["counterfactual_tasks"] is None else set(copy_cfg["counterfactual_tasks"])
+    n_paired = int(scfg["paired_teacher"])
+    aw = float(scfg["answer_weight"])
+    cf_weight = aw if scfg["counterfactual_weight"] is None else float(scfg["counterfactual_weight"])
+    cf_tasks = None if scfg["counterfactual_tasks"] is None else set(scfg["counterfactual_tasks"])
     cf_ok = {s: cf_tasks is None or samples[s]["task_type"] in cf_tasks for s in train_ids}
     rows, order, t_start = [], [], time.perf_counter()
     bar = tqdm(range(scfg["steps"]), desc="sft", unit="step", disable=not progress, file=sys.stderr)
@@ -450,8 +449,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         rng = np.random.default_rng([seed, 6, step])
         teacher_view = rng.random(bs) < scfg["teacher_view_fraction"]
         with_fb = rng.random(bs) < 0.5
-        swap = rng.random(bs) < float(copy_cfg["counterfactual"])
-        fresh = (rng.random(bs) < float(copy_cfg["counterfactual_random"]) if copy_cfg["counterfactual_random"]
+        swap = rng.random(bs) < float(scfg["counterfactual"])
+        fresh = (rng.random(bs) < float(scfg["counterfactual_random"]) if scfg["counterfactual_random"]
                  else np.zeros(bs, dtype=bool))  # no draw when off: the default's random stream is unchanged
         batch_prompts, targets, hinted, row_w = [], [], [], []
         for j, i in enumerate(idx):
@@ -468,7 +467,7 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
                                                bool(swap[j]) and cf_ok[sid], bool(fresh[j]),
                                                feedback.get(sid) if with_fb[j] else None, components, rng,
-                                               bool(copy_cfg["counterfactual_think"]))
+                                               bool(scfg["counterfactual_think"]))
             batch_prompts.append(prompts.get(sid, "teacher", hint))
             targets.append(target)
             row_w.append(cf_weight if cf else aw)
@@ -480,15 +479,15 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
                 sid = train_ids[int(i)]
                 u_cf, u_fresh, u_fb = prng.random(3)
                 hint, target, cf = teacher_example(tokenizer, samples[sid], completions[sid], alternatives[sid],
-                                                   u_cf < float(copy_cfg["counterfactual"]) and cf_ok[sid],
-                                                   u_fresh < float(copy_cfg["counterfactual_random"]),
+                                                   u_cf < float(scfg["counterfactual"]) and cf_ok[sid],
+                                                   u_fresh < float(scfg["counterfactual_random"]),
                                                    feedback.get(sid) if u_fb < 0.5 else None, components, prng,
-                                                   bool(copy_cfg["counterfactual_think"]))
+                                                   bool(scfg["counterfactual_think"]))
                 batch_prompts.append(prompts.get(sid, "teacher", hint))
                 targets.append(target)
                 hinted.append(True)
                 row_w.append(cf_weight if cf else aw)
-        for _ in range(int(copy_cfg["copy_mix"])):  # text-only copy examples keep the hint-reading alive
+        for _ in range(int(scfg["copy_mix"])):  # text-only copy examples keep the hint-reading alive
             sid = train_ids[int(rng.integers(len(train_ids)))]
             p, c, _ = copy_example(tokenizer, samples[sid], rng, components, feedback.get(sid) if rng.random() < 0.5 else None)
             batch_prompts.append(p)
@@ -531,7 +530,7 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     info = {"role": "sft", "global_step": 0, "sft_steps": scfg["steps"], "batch_size": bs, "lr": scfg["lr"],
             "train_samples": len(train_ids), "final_loss": rows[-1]["loss"] if rows else None,
             "seconds": round(time.perf_counter() - t_start, 1), "answer_margin_before": before,
-            "answer_margin_after": after, "answer_margin_train_after": after_train, "copy_warmup": {**copy_cfg, "seconds": round(t_copy, 1),
+            "answer_margin_after": after, "answer_margin_train_after": after_train, "sft_options": scfg, "copy_warmup": {"seconds": round(t_copy, 1),
             "final_loss": copy_rows[-1]["loss"] if copy_rows else None, "answer_margin_after": after_copy}}
     T.save_hf_folder(model, policy_in, out, info)
     if metrics_path:
