@@ -53,6 +53,14 @@ QUERIES: dict[str, tuple[str, str]] = {
         "j.reasoning_consistency, count(*) AS n, any_value(j.feedback) AS example_feedback "
         "FROM judge j JOIN samples s USING (sample_id) GROUP BY ALL ORDER BY s.task_type, j.phase, n DESC",
     ),
+    "rewards_by_phase": (
+        "mean reward per phase: total (R5 at the phase's σ, the training signal) and total_p0 (R5 at σ = 4 in "
+        "every phase: compare this one across phases), with its standard error and the main terms",
+        "SELECT phase, count(*) AS n, round(avg(total), 3) AS total, round(avg(total_p0), 3) AS total_p0, "
+        "round(stddev_samp(total_p0) / sqrt(count(*)), 3) AS sem_p0, round(avg(accuracy), 3) AS accuracy, "
+        "round(avg(format), 3) AS format, round(avg(think_near_keyframes), 3) AS r5, "
+        "round(avg(think_near_keyframes_p0), 3) AS r5_p0 FROM rewards GROUP BY phase ORDER BY phase",
+    ),
     "reward_vs_judge": (
         "mean reward terms and advantage per judge verdict (does the judge agree with the rewards?)",
         "SELECT j.phase, j.answer_correctness, j.temporal_relation, j.spatial_grounding, count(*) AS n, "

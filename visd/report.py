@@ -4,7 +4,8 @@ Reads only what the stages wrote under a results folder (tables are found like :
 and draws one PNG per figure with a stable name, plus ``index.html`` that references them relatively:
 
 ======================  ====================================================================================
-``reward_terms``        mean of every reward term (R1–R7) and the total over each phase's rollouts (± s.e.m.)
+``reward_terms``        mean of every reward term (R1–R7), the total and ``total_p0`` (the total with R5 at σ = 4,
+                       comparable across phases) over each phase's rollouts (± s.e.m.)
 ``reward_by_task``      mean total reward per task type and phase
 ``lambda``              λ(s) and the learning rate per optimizer step
 ``train_losses``        loss terms, gradient norm, PPO ratio range and clip fraction per optimizer step
@@ -52,11 +53,14 @@ FIGURES: dict[str, tuple[str, str]] = {
     "reward_terms": ("Reward terms per phase", (
         "Mean of each reward term (R1–R7, zeros included where a term does not apply to the task) and of "
         "the total over the rollouts of each phase, ± standard error. Phase P's rollouts come from the "
-        "policy that ended phase P−1 (its global step is under the phase)."
+        "policy that ended phase P−1 (its global step is under the phase). R5's tolerance σ shrinks with "
+        "training progress (4 → 1), so `total` of a later phase is lower for the same completions; "
+        "`total_p0` scores R5 at σ = 4 in every phase and is the total to compare across phases."
     )),
     "reward_by_task": ("Total reward per task type", (
-        "Mean total reward of each phase's rollouts per task type (± s.e.m.); tasks a small model learns "
-        "fast (counts, colours) next to harder ones (ordering, boxes)."
+        "Mean total reward of each phase's rollouts per task type (± s.e.m.; `total_p0`, R5 at σ = 4 in "
+        "every phase, where the rewards table has it); tasks a small model learns fast (counts, colours) "
+        "next to harder ones (ordering, boxes)."
     )),
     "lambda": ("λ and learning rate", (
         "λ(s) of the decoupled weights and the learning rate at each optimizer step; shaded bands are "
@@ -198,7 +202,7 @@ class Run:
             from visd.rewards import REWARD_TERMS
 
             cols = self.columns("rewards")
-            terms = [t for t in (*REWARD_TERMS, "total") if t in cols]
+            terms = [t for t in (*REWARD_TERMS, "total", "total_p0") if t in cols]
             if not terms:
                 raise Skip(f"the rewards tables under {self.root} have no reward term columns")
             sel = ", ".join(f"avg({t}), stddev_samp({t}), count({t})" for t in terms)
@@ -388,8 +392,8 @@ def fig_reward_terms(run: Run, path: Path) -> None:
     for ax, t in zip(axes.flat, terms):
         m = np.array([stats[p][t][0] for p in phases])
         e = np.array([stats[p][t][1] for p in phases])
-        ax.errorbar(phases, m, yerr=e, marker="o", capsize=3, color="black" if t == "total" else "C0")
-        ax.set_title(t, weight="bold" if t == "total" else "normal")
+        ax.errorbar(phases, m, yerr=e, marker="o", capsize=3, color="black" if t.startswith("total") else "C0")
+        ax.set_title(t, weight="bold" if t.startswith("total") else "normal")
         _phase_axis(ax, phases, steps)
         lo, hi = np.nanmin(m - e), np.nanmax(m + e)
         if np.isfinite(lo) and np.isfinite(hi):
@@ -406,7 +410,8 @@ def fig_reward_terms(run: Run, path: Path) -> None:
 def fig_reward_by_task(run: Run, path: Path) -> None:
     if not run.has("samples"):
         raise Skip(f"no samples.parquet under {run.root}: task types unknown")
-    rows = run.sql("rewards", "SELECT r.phase, s.task_type, avg(r.total), stddev_samp(r.total), count(*) "
+    col = "total_p0" if "total_p0" in run.columns("rewards") else "total"  # comparable across phases
+    rows = run.sql("rewards", f"SELECT r.phase, s.task_type, avg(r.{col}), stddev_samp(r.{col}), count(*) "
                               "FROM rewards r JOIN samples s USING (sample_id) GROUP BY ALL ORDER BY ALL")
     if not rows:
         raise Skip("no rewards row matches a sample of samples.parquet")
@@ -424,8 +429,8 @@ def fig_reward_by_task(run: Run, path: Path) -> None:
         ax.errorbar(np.array(ps) + off, [d[p][0] for p in ps], yerr=[d[p][1] for p in ps], marker="o",
                     capsize=3, label=f"{tt} (n={sum(d[p][2] for p in ps)})")
     _phase_axis(ax, phases, steps)
-    ax.set_ylabel("mean total reward")
-    ax.set_title(f"{run.label}: total reward per task type (mean ± s.e.m. over rollouts)")
+    ax.set_ylabel("mean total reward" + (" (R5 at σ = 4)" if col == "total_p0" else ""))
+    ax.set_title(f"{run.label}: {col} per task type (mean ± s.e.m. over rollouts)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     _save(fig, path)

@@ -415,3 +415,18 @@ def compute_rewards(completion, sample: Mapping[str, Any], progress: float = 0.0
     out["total"] = sum(out[k] for k in REWARD_TERMS)
     return out
 
+
+def fixed_scale(terms: Mapping[str, float], completion, sample: Mapping[str, Any]) -> dict[str, float]:
+    """R5 and the total at training progress 0 (σ = 4, the tolerance of phase 0), from ``terms`` =
+    :func:`compute_rewards` of the same completion at any progress.
+
+    R5's σ shrinks with progress (4 → 1), so the same completion earns less R5 in a later phase: a
+    phase's mean ``total`` falls by construction even when the policy does not change. ``total_p0``
+    swaps R5 for its value at σ = 4 and is the total to compare across phases; ``total`` stays the
+    training signal (METHODS §5).
+    """
+    r5 = float(r_think_near_keyframes(completion, sample, 0.0))
+    r5 = r5 if math.isfinite(r5) else 0.0
+    rest = sum(terms[k] for k in REWARD_TERMS if k != "think_near_keyframes")
+    return {"think_near_keyframes_p0": r5, "total_p0": rest + r5}
+

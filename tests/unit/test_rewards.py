@@ -331,6 +331,25 @@ def test_think_near_keyframes(p, want):
     assert r_think_near_keyframes(c, sample("open", "x"), p) == 0.0
 
 
+def test_fixed_scale_scores_r5_at_sigma_4_in_every_phase():
+    """total_p0 = the other six terms + R5 at σ = 4 (hand values), whatever the phase's progress."""
+    from visd.rewards import fixed_scale
+
+    s = sample("open", "red", key_frames=[kf(1.0), kf(3.0)])
+    c = out(think="<t>1.0</t>s <t>2.0</t>s <t>5.0</t>s", answer="red")
+    r5_sigma4 = (1 + math.exp(-1 / 32) + math.exp(-4 / 32)) / 3  # d = 0, 1, 2 at σ = 4
+    for p in (0.0, 1 / 3, 2 / 3, 0.9):
+        terms = compute_rewards(c, s, progress=p)
+        fx = fixed_scale(terms, c, s)
+        others = sum(v for k, v in terms.items() if k not in ("think_near_keyframes", "total"))
+        assert fx["think_near_keyframes_p0"] == pytest.approx(r5_sigma4, abs=1e-12)
+        assert fx["total_p0"] == pytest.approx(others + r5_sigma4, abs=1e-12)
+        assert fx["total_p0"] >= terms["total"] - 1e-12  # a wider σ never lowers R5
+        if p > 0:
+            assert terms["total"] < fx["total_p0"] - 1e-3  # the as-trained total falls with progress
+    assert fixed_scale(compute_rewards("garbage", s, 0.5), "garbage", s) == {"think_near_keyframes_p0": 0.0, "total_p0": 0.0}
+
+
 # ------------------------------------------------------------------------------------------ R6
 THINK_BOX = sample("open", "x", key_frames=[
     kf(2.5, ("red triangle", [52, 30, 74, 52]), ("blue circle", [0, 0, 22, 22])),

@@ -172,6 +172,31 @@ def test_rollout_reward_judge_tables_link_up(run_dir):
         assert json.loads(out), q
 
 
+def test_rewards_by_phase_compares_phases_at_one_sigma(run_dir):
+    """total_p0 (R5 at σ = 4) equals total in phase 0 and is ≥ total later; the audit's means match the rows."""
+    from visd.rewards import compute_rewards
+
+    res = run_dir / "results"
+    samples = {r["sample_id"]: r for r in pq.read_table(res / "samples.parquet").to_pylist()}
+    out = subprocess.run([visd_bin(), "audit", "--results", str(res), "--query", "rewards_by_phase", "--format", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    got = {r["phase"]: r for r in json.loads(out)}
+    phases = sorted(int(p.name.split("-")[1]) for p in (res / "rewards").glob("phase-*"))
+    assert sorted(got) == phases and len(phases) >= 2
+    for p in phases:
+        rows = [r for f in sorted((res / f"rewards/phase-{p}").glob("shard-*.parquet")) for r in pq.read_table(f).to_pylist()]
+        texts = {r["rollout_id"]: r["completion_text"]
+                 for f in sorted((res / f"rollouts/phase-{p}").glob("shard-*.parquet")) for r in pq.read_table(f).to_pylist()}
+        for r in rows:  # independent recomputation at progress 0
+            assert r["total_p0"] == pytest.approx(compute_rewards(texts[r["rollout_id"]], samples[r["sample_id"]], 0.0)["total"], abs=1e-9)
+            assert r["total_p0"] >= r["total"] - 1e-12
+            if p == 0:
+                assert r["total_p0"] == pytest.approx(r["total"], abs=1e-12)
+        assert got[p]["n"] == len(rows)
+        assert got[p]["total_p0"] == pytest.approx(sum(r["total_p0"] for r in rows) / len(rows), abs=1e-3)
+        assert got[p]["total"] == pytest.approx(sum(r["total"] for r in rows) / len(rows), abs=1e-3)
+
+
 def test_teacher_vs_verdict_matches_the_tables(run_dir):
     """The audit's teacher-vs-student gap per verdict, recomputed in float64 from the Parquet rows."""
     import numpy as np

@@ -36,7 +36,7 @@ from visd import train as T
 from visd.io import write_parquet
 from visd.losses import group_advantages
 from visd.reward_stage import rewards_schema
-from visd.rewards import REWARD_TERMS, compute_rewards
+from visd.rewards import REWARD_TERMS, compute_rewards, fixed_scale
 from visd.rmsd import config as rcfg
 from visd.rmsd.pool import load_pool, match_index
 from visd.rmsd.quality import content_reward, r_outer, r_task
@@ -135,11 +135,13 @@ def run(params: dict, phase: int, samples_path: str, frames_paths, rollouts_path
         terms = compute_rewards(r["completion_text"], sample, progress=progress)
         ro, rt, rc = r_outer(r["completion_text"]), r_task(r["completion_text"], sample), content_reward(r["completion_text"], sample, eps)
         dt = d_term(s, w["d_transform"])
+        total = mix_reward(dt, ro, rt, rc, w["alpha"], w["beta"], w["eta"], w["delta"])
         e = pool.get(r["sample_id"])
         m = match_index(seed, r["rollout_id"], e.probs) if e is not None and not e.fallback else None
         out.append({"rollout_id": r["rollout_id"], "sample_id": r["sample_id"], "group": r["group"], "phase": phase,
                     "progress": progress, **{t: float(terms[t]) for t in REWARD_TERMS},
-                    "total": mix_reward(dt, ro, rt, rc, w["alpha"], w["beta"], w["eta"], w["delta"]),
+                    "total": total, "total_p0": total,  # R-MSD's R has no progress-dependent term
+                    "think_near_keyframes_p0": fixed_scale(terms, r["completion_text"], sample)["think_near_keyframes_p0"],
                     "d_score": s, "d_term": dt, "r_outer": ro, "r_task": rt, "r_content": rc, "matched_index": m,
                     "matched_quality": e.quality[m] if m is not None else None,
                     "fallback": e.fallback if e is not None else "no_pool_entry", "discriminator": d_hash,
