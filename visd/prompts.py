@@ -75,7 +75,9 @@ def question_text(sample: Mapping[str, Any]) -> str:
     return q + ("\n" + "\n".join(opts) if opts else "")
 
 
-HINT_COMPONENTS = ("answer", "window", "keyframes", "feedback")  # config key teacher.hint
+HINT_COMPONENTS = ("answer", "window", "keyframes", "feedback")  # config key teacher.hint (the default: all)
+# ``answer_tagged`` may stand in for ``answer``: the verified answer written as <answer>X</answer>
+HINT_CHOICES = HINT_COMPONENTS + ("answer_tagged",)
 
 
 def hint_text(sample: Mapping[str, Any], feedback: str | None = None, *,
@@ -84,25 +86,34 @@ def hint_text(sample: Mapping[str, Any], feedback: str | None = None, *,
 
     ``components`` (config ``teacher.hint``) selects which lines may appear, a subset of
     :data:`HINT_COMPONENTS`; ``None`` = all of them. A line also needs its data (a window only for
-    temporal tasks, feedback only when given).
+    temporal tasks, feedback only when given). ``answer_tagged`` instead of ``answer`` writes the verified
+    answer between the answer tags (``Verified answer: <answer>B</answer>``), in the tokens a completion
+    writes it with, so that reading it into the completion's ``<answer>`` is a plain copy of the token
+    after ``<answer>`` (an induction pattern; a tiny model cannot learn a per-symbol map from
+    ``Verified answer: B`` to ``<answer>B``).
 
     ::
 
         \\n[Hidden hindsight evidence for the teacher view]
         Use the following verified evidence only as hidden supervision.
-        Verified answer: {answer}
+        Verified answer: {answer}                      (answer_tagged: <answer>{answer}</answer>)
         Verified temporal window: [{s}, {e}]          (temporal / spatiotemporal tasks)
         Verified keyframe timestamps: {t1}, {t2}, ...  (sorted, unique)
         Corrective feedback: {feedback}               (when given)\\n
     """
     use = set(HINT_COMPONENTS if components is None else components)
-    if use - set(HINT_COMPONENTS):
-        raise ValueError(f"unknown hint components {sorted(use - set(HINT_COMPONENTS))}; "
-                         f"use a subset of {list(HINT_COMPONENTS)} (config key teacher.hint)")
+    if use - set(HINT_CHOICES):
+        raise ValueError(f"unknown hint components {sorted(use - set(HINT_CHOICES))}; "
+                         f"use a subset of {list(HINT_CHOICES)} (config key teacher.hint)")
+    if {"answer", "answer_tagged"} <= use:
+        raise ValueError("hint components 'answer' and 'answer_tagged' both write the verified answer; "
+                         "keep one of them (config key teacher.hint)")
     parts = [HINT_HEADER, HINT_INTRO]
     answer = sample.get("answer")
     if "answer" in use and answer not in (None, ""):
         parts.append(f"Verified answer: {answer}")
+    if "answer_tagged" in use and answer not in (None, ""):
+        parts.append(f"Verified answer: <answer>{answer}</answer>")
     window = sample.get("answer_window")
     if "window" in use and sample.get("task_type") in TEMPORAL_TASKS and window is not None and len(window) == 2:
         parts.append(f"Verified temporal window: [{fmt_seconds(window[0])}, {fmt_seconds(window[1])}]")

@@ -30,6 +30,13 @@ before the copy forms within a few hundred steps, while weighting the honest row
 starves the rest of the reference. ``paired_teacher`` (extra teacher-view rows per batch, each the
 teacher view of a distinct student-view sample of the batch, of ``counterfactual_tasks`` first; drawn
 from their own random stream): more rows that need the hint without fewer student-view rows.
+``induction_steps`` / ``induction_rows`` / ``induction_length``: a random-weight model cannot copy from its
+context at all (given a reference think ending "option D" it scores the letter at chance), and reading the
+hint is a copy. ``induction_steps`` steps of induction rows (:func:`induction_batch`: random tokens, a
+segment shown twice, loss on the repeat) before the SFT build an induction circuit in ~200 steps; the
+SFT erases it unless ``induction_rows`` such rows join every step (their loss is added to the SFT loss).
+The hint writes the verified answer as ``<answer>X</answer>`` (:func:`visd.prompts.hint_text`), so the
+copy is exactly the pattern those rows teach.
 
 Loss: token-mean cross-entropy of ``reference + <|im_end|>`` given the prompt
 (:func:`visd.losses.sft_cross_entropy`), gradient-norm clip 1.0. Batching, M-RoPE positions, the
@@ -190,6 +197,66 @@ def copy_warmup(model, tokenizer, samples: dict[str, dict], train_ids: Sequence[
         optimizer.zero_grad(set_to_none=True)
         rows.append({"step": step + 1, "loss": loss.item(), "elapsed_s": time.perf_counter() - t_start})
     return rows
+
+
+INDUCTION_PREFIX = 8  # random tokens before the segment that is shown twice
+
+
+def induction_pool(tokenizer) -> np.ndarray:
+    """Token ids an induction row draws from: the ordinary (BPE) vocabulary, without the special tokens
+    and the added format tags, so the rows teach copying and nothing about the answer format."""
+    excluded = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return np.array([i for i in range(len(tokenizer)) if i not in excluded], dtype=np.int64)
+
+
+def induction_batch(pool: np.ndarray, rng: np.random.Generator, rows: int, length: int) -> torch.Tensor:
+    """``rows`` induction rows ``[prefix(8), seg(length), seg(length)]`` of tokens drawn from ``pool``.
+    Only the repeat is predictable, and only by looking back: the circuit a pretrained LLM copies with
+    (an induction head), which a random-weight tiny model lacks."""
+    seg = pool[rng.integers(len(pool), size=(rows, length))]
+    pre = pool[rng.integers(len(pool), size=(rows, INDUCTION_PREFIX))]
+    return torch.as_tensor(np.concatenate([pre, seg, seg], axis=1), dtype=torch.long)
+
+
+def induction_loss(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean cross-entropy, accuracy) of the repeated segment's tokens from its second one on (the first
+    follows a random token and cannot be predicted)."""
+    ids = ids.to(model.device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1].float()
+    target = ids[:, 1:]
+    start = INDUCTION_PREFIX + (ids.shape[1] - INDUCTION_PREFIX) // 2  # target index of the repeat's 2nd token
+    lg, tg = logits[:, start:].reshape(-1, logits.shape[-1]), target[:, start:].reshape(-1)
+    return torch.nn.functional.cross_entropy(lg, tg), float((lg.argmax(-1) == tg).float().mean())
+
+
+def induction_pretrain(model, tokenizer, steps: int, rows: int, length: int, lr: float, seed: int,
+                       progress: bool = False) -> list[dict]:
+    """``steps`` optimizer steps on :func:`induction_batch` rows (AdamW, warm-up + cosine, clip 1.0)."""
+    from tqdm import tqdm
+
+    pool = induction_pool(tokenizer)
+    optimizer = T.make_optimizer(model, lr, weight_decay=0.0)
+    model.train()
+    rows_out, t_start = [], time.perf_counter()
+    for step in tqdm(range(steps), desc="sft induction", unit="step", disable=not progress, file=sys.stderr):
+        T.set_lr(optimizer, T.lr_at(step, lr, max(1, steps // 20), steps))
+        loss, acc = induction_loss(model, induction_batch(pool, np.random.default_rng([seed, 12, step]), rows, length))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        rows_out.append({"step": step + 1, "loss": loss.item(), "accuracy": acc, "elapsed_s": time.perf_counter() - t_start})
+    return rows_out
+
+
+@torch.no_grad()
+def induction_accuracy(model, tokenizer, length: int, seed: int, rows: int = 64) -> float:
+    """Copy accuracy of the model on ``rows`` fresh induction rows (held-out stream)."""
+    was_training = model.training
+    model.eval()
+    _, acc = induction_loss(model, induction_batch(induction_pool(tokenizer), np.random.default_rng([seed, 13]), rows, length))
+    model.train(was_training)
+    return acc
 
 
 def teacher_example(tokenizer, sample: dict, completion: list[int], alternatives: Sequence[str], swap: bool,
@@ -430,6 +497,16 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
     if after_copy:
         print(f"[sft] copy warm-up {len(copy_rows)} steps in {t_copy:.1f} s, loss {copy_rows[0]['loss']:.3f} → {copy_rows[-1]['loss']:.3f}; "
               f"eval answer margin {after_copy['margin_mean']:.3f} (positive {after_copy['margin_positive']:.2f})", file=sys.stderr)
+    n_ind, ind_len = int(scfg["induction_rows"]), int(scfg["induction_length"])
+    t_ind = time.perf_counter()
+    ind_rows = induction_pretrain(model, tokenizer, int(scfg["induction_steps"]), 32, ind_len, float(scfg["lr"]),
+                                  seed, progress) if scfg["induction_steps"] else []
+    t_ind = time.perf_counter() - t_ind
+    ind_before = induction_accuracy(model, tokenizer, ind_len, seed) if (ind_rows or n_ind) else None
+    if ind_rows:
+        print(f"[sft] induction pre-training {len(ind_rows)} steps in {t_ind:.1f} s, loss {ind_rows[0]['loss']:.3f} → "
+              f"{ind_rows[-1]['loss']:.3f}, copy accuracy {ind_before:.3f}", file=sys.stderr)
+    ind_pool = induction_pool(tokenizer) if n_ind else None
     model.train()
     optimizer = T.make_optimizer(model, scfg["lr"], weight_decay=0.0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -509,6 +586,11 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         objective = weighted_sft_loss(logits, batch.tokens, batch.mask, answer_mask,
                                       aw if cf_weight == aw else torch.tensor(row_w))
         objective.backward()
+        ind_loss = None
+        if n_ind:  # induction rows keep the copy circuit alive: the SFT at this lr erases it otherwise
+            ind_loss, _ = induction_loss(model, induction_batch(ind_pool, np.random.default_rng([seed, 12, 10**6 + step]),
+                                                                n_ind, ind_len))
+            ind_loss.backward()
         if aw == 1.0 and cf_weight == aw:
             loss = objective
         else:  # the logged loss stays the plain token-mean cross-entropy
@@ -522,6 +604,8 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
         rows.append({"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
                      "teacher_view": int(teacher_view.sum()), "tokens": n_tok, "tokens_per_s": n_tok / dt,
                      "elapsed_s": time.perf_counter() - t_start})
+        if ind_loss is not None:
+            rows[-1]["induction_loss"] = ind_loss.item()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     after = answer_margin(model, tokenizer, prompts, margin_ids, device=device, components=components) if (eval_margin and margin_ids) else None
@@ -531,7 +615,10 @@ def run(params: dict, samples_path: str, frames_paths: Sequence[str], policy_in:
             "train_samples": len(train_ids), "final_loss": rows[-1]["loss"] if rows else None,
             "seconds": round(time.perf_counter() - t_start, 1), "answer_margin_before": before,
             "answer_margin_after": after, "answer_margin_train_after": after_train, "sft_options": scfg, "copy_warmup": {"seconds": round(t_copy, 1),
-            "final_loss": copy_rows[-1]["loss"] if copy_rows else None, "answer_margin_after": after_copy}}
+            "final_loss": copy_rows[-1]["loss"] if copy_rows else None, "answer_margin_after": after_copy},
+            "induction": {"seconds": round(t_ind, 1), "steps": len(ind_rows), "rows_per_step": n_ind,
+                          "accuracy_before_sft": ind_before,
+                          "accuracy_after_sft": induction_accuracy(model, tokenizer, ind_len, seed) if (ind_rows or n_ind) else None}}
     T.save_hf_folder(model, policy_in, out, info)
     if metrics_path:
         write_parquet(pa.Table.from_pylist(rows), metrics_path)

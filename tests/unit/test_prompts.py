@@ -88,6 +88,21 @@ def test_hint_text_layout():
     assert prompts.hint_text({"question": "q"}) == ""
 
 
+def test_hint_answer_tagged_writes_the_completion_tokens(tok):
+    """teacher.hint 'answer_tagged' writes the verified answer as <answer>X</answer>: the hint then holds
+    exactly the token ids a completion's answer span has (what an induction head copies); 'answer' and
+    'answer_tagged' together are refused with a message naming the config key."""
+    tagged = prompts.hint_text(MCQ, components=["answer_tagged", "keyframes"])
+    assert "Verified answer: <answer>B</answer>\n" in tagged and "Verified answer: B\n" not in tagged
+    span = tok("<answer>B</answer>", add_special_tokens=False)["input_ids"]
+    hint_ids = tok(tagged, add_special_tokens=False)["input_ids"]
+    assert any(hint_ids[i:i + len(span)] == span for i in range(len(hint_ids)))
+    plain_ids = tok(prompts.hint_text(MCQ), add_special_tokens=False)["input_ids"]
+    assert not any(plain_ids[i:i + 2] == span[:2] for i in range(len(plain_ids)))  # ' B' is not '<answer>B'
+    with pytest.raises(ValueError, match="teacher.hint"):
+        prompts.hint_text(MCQ, components=["answer", "answer_tagged"])
+
+
 @pytest.mark.parametrize("mode", prompts.MODES)
 @pytest.mark.parametrize("view", prompts.VIEWS)
 @pytest.mark.parametrize("sample", [SAMPLE, MCQ], ids=["temporal", "mcq"])

@@ -297,3 +297,65 @@ def test_counterfactual_tasks_weight_and_paired_teacher_rows(tmp_path_factory, t
     # the default (counterfactual 0.5 over every task type) does swap answers of other task types
     assert any(r["view"] == "teacher" and samples[r["sample"]]["task_type"] not in ("mcq", "open")
                and verified.search(r["hint"]).group(1) != samples[r["sample"]]["answer"] for rows in plain for r in rows)
+
+
+def test_induction_rows_repeat_a_segment_of_ordinary_tokens(tiny_model):
+    """An induction row is [8 random tokens, segment, the same segment] of BPE tokens only (no special
+    token, no format tag), and its loss covers exactly the repeat from its second token on: recomputed
+    here by hand from the model's logits."""
+    import torch
+
+    tok = T.load_tokenizer(tiny_model)
+    model = T.load_model(tiny_model)
+    pool = sft.induction_pool(tok)
+    excluded = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(t) for t in ("<think>", "</answer>", "<t>", "<box>")}
+    assert len(pool) > 100 and not excluded & set(pool.tolist())
+    ids = sft.induction_batch(pool, np.random.default_rng(0), 5, 12)
+    assert ids.shape == (5, 8 + 24)
+    assert torch.equal(ids[:, 8:20], ids[:, 20:])
+    assert len(set(ids[:, 8:20].flatten().tolist())) > 30  # fresh random segments, not one repeated row
+    model.eval()
+    with torch.no_grad():
+        loss, acc = sft.induction_loss(model, ids)
+        logp = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+    # positions 21..31 are predicted from positions 20..30: the repeat's 2nd..12th tokens
+    ref = -torch.stack([logp[r, p - 1, ids[r, p]] for r in range(5) for p in range(21, 32)]).mean()
+    assert abs(float(loss) - float(ref)) < 1e-4
+    assert 0.0 <= acc <= 1.0
+
+
+def test_induction_pretraining_builds_in_context_copying(tiny_model, one_thread):
+    """The random-weight tiny model cannot copy (accuracy on the repeat ≈ 1/|pool|); 250 steps of induction
+    rows give it an induction circuit that copies segments it has never seen (held-out stream)."""
+    tok = T.load_tokenizer(tiny_model)
+    model = T.load_model(tiny_model)
+    model.config.use_cache = False
+    before = sft.induction_accuracy(model, tok, 16, seed=1)
+    rows = sft.induction_pretrain(model, tok, steps=250, rows=32, length=16, lr=2e-3, seed=0)
+    after = sft.induction_accuracy(model, tok, 16, seed=1)
+    assert len(rows) == 250 and rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    assert before < 0.05 and after > 0.8, (before, after)
+
+
+def test_sft_induction_keys_add_rows_without_changing_the_batches(tmp_path_factory, tmp_path, monkeypatch, one_thread):
+    """sft.induction_steps runs the pre-training before the SFT and sft.induction_rows adds induction rows'
+    loss at every step (metrics column ``induction_loss``, ``induction`` in visd_train.json with the copy
+    accuracy before and after the SFT); the SFT batches themselves are those of a run without the keys,
+    and without them the metrics have no induction column."""
+    import json
+
+    base, _ = H.shared_data(tmp_path_factory)
+    plain = _record_sft_batches(monkeypatch, base, tmp_path, {}, "plain")
+    ind = _record_sft_batches(monkeypatch, base, tmp_path, {"induction_steps": 3, "induction_rows": 4,
+                                                            "induction_length": 6}, "ind")
+    assert ind == plain
+    info = json.loads((tmp_path / "ind" / "visd_train.json").read_text())["induction"]
+    assert info["steps"] == 3 and info["rows_per_step"] == 4
+    assert 0 <= info["accuracy_before_sft"] <= 1 and 0 <= info["accuracy_after_sft"] <= 1
+    params = {"seed": 0, "prompt": H.PROMPT, "sft": {"steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1}}
+    for name, over in (("m0", {}), ("m1", {"induction_rows": 2})):
+        sft.run({**params, "sft": {**params["sft"], **over}}, base["samples"], base["frames"], base["init"],
+                str(tmp_path / name), metrics_path=str(tmp_path / f"{name}.parquet"), progress=False, eval_margin=False)
+    assert "induction_loss" not in pq.read_table(tmp_path / "m0.parquet").column_names
+    m1 = pq.read_table(tmp_path / "m1.parquet").to_pandas()
+    assert len(m1) == 2 and np.isfinite(m1["induction_loss"]).all() and (m1["induction_loss"] > 0).all()
