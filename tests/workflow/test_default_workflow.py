@@ -19,7 +19,7 @@ SMALL = {
     "data": {"shards": 2, "synth": {"n_videos": 6, "min_duration_s": 3, "max_duration_s": 5}},
     "model": {"tiny": {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64}},
     "rollout": {"limit": 2, "max_new_tokens": 12, "group_size": 3},
-    "sft": {"steps": 10, "batch_size": 4},
+    "sft": {"steps": 10, "batch_size": 4, "induction_steps": 20, "induction_rows": 2},
     "curriculum": {"phases": 2, "steps_per_phase": 1},
     "train": {"prompts_per_step": 2, "micro_batch": 3, "anneal_steps": 10, "lr": 1.0e-4},
     "evaluate": {"max_new_tokens": 12, "benchmarks": [{"name": "synth", "limit": 3}]},
