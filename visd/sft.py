@@ -17,7 +17,10 @@ task's answer format rather than from another sample, whose answers never includ
 ``answer_weight`` (loss weight of the answer span of hinted examples, :func:`weighted_sft_loss`), and the
 text-only copy warm-up / mix keys (``copy_*``, :func:`copy_warmup`).
 
-Options for teaching the tiny model to read the hint (all off by default; :func:`teacher_example`):
+Options for teaching the tiny model to read the hint (all off in the schema; the embedded default,
+``config/config.yaml``, sets ``teacher_view_fraction`` 0.5, ``counterfactual`` 1, ``counterfactual_tasks``
+[mcq, open], ``counterfactual_weight`` 20, ``induction_steps`` 200, ``induction_rows`` 16 and the hint
+component ``answer_tagged``; :func:`teacher_example`):
 ``counterfactual_tasks`` (task types whose teacher-view rows may be counterfactual; null = all): the tiny
 model can learn to copy a letter or a colour / shape word from the hint, not a digit string (a box, a
 window, a count: digits recur in the hint's timestamps), so counterfactual digit answers only teach the
@@ -35,8 +38,8 @@ context at all (given a reference think ending "option D" it scores the letter a
 hint is a copy. ``induction_steps`` steps of induction rows (:func:`induction_batch`: random tokens, a
 segment shown twice, loss on the repeat) before the SFT build an induction circuit in ~200 steps; the
 SFT erases it unless ``induction_rows`` such rows join every step (their loss is added to the SFT loss).
-The hint writes the verified answer as ``<answer>X</answer>`` (:func:`visd.prompts.hint_text`), so the
-copy is exactly the pattern those rows teach.
+With the hint component ``answer_tagged`` the hint writes the verified answer as ``<answer>X</answer>``
+(:func:`visd.prompts.hint_text`), so the copy is exactly the pattern those rows teach.
 
 Loss: token-mean cross-entropy of ``reference + <|im_end|>`` given the prompt
 (:func:`visd.losses.sft_cross_entropy`), gradient-norm clip 1.0. Batching, M-RoPE positions, the
